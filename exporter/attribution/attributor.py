@@ -1,0 +1,177 @@
+"""One tick of the core: two snapshots in, increments for the ledger out. Stateful (it holds
+the last counter values, the idle-power samples and work still waiting for its energy) but
+pure: it never reads a clock or a device; the timestamps come inside the snapshots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from exporter.attribution.counters import CounterTracker
+from exporter.attribution.idle import IdlePowerEstimator
+from exporter.attribution.phase_model import modelled_energy
+from exporter.attribution.prior import Prior
+from exporter.attribution.split import CACHED_INPUT, INPUT, OUTPUT, Allocation, allocate
+from exporter.attribution.work import Work, WorkMeter
+from exporter.pricing import Prices, costs, emissions
+from exporter.sources.snapshots import EnergySnapshot, VllmSnapshot
+
+GpuKey = tuple[str, str, str]  # (index, uuid, name): the labels of a GPU
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    static_by_occupancy: bool = True
+    step_on_output: bool = True
+
+
+@dataclass(slots=True)
+class TickResult:
+    tokens: dict[tuple[str, str], float] = field(default_factory=dict)
+    steps: dict[str, float] = field(default_factory=dict)
+    allocation: Allocation | None = None
+    seconds: float = 0.0
+    energy_joules: float = 0.0
+    costs: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    emissions: dict[tuple[str, str], float] = field(default_factory=dict)
+    gpu_energy: dict[GpuKey, float] = field(default_factory=dict)
+    gpu_power: dict[GpuKey, float] = field(default_factory=dict)
+    vllm_resets: int = 0
+    energy_resets: int = 0
+    models: tuple[str, ...] = ()
+    idle_watts: float = 0.0
+    marginal: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+
+
+class Attributor:
+    def __init__(
+        self,
+        prior: Prior,
+        idle: IdlePowerEstimator,
+        prices: Prices,
+        gpu_count: int,
+        policy: Policy = Policy(),
+        limit_watts_total: float = float("inf"),
+    ) -> None:
+        self.prior = prior
+        self.idle = idle
+        self.prices = prices
+        self.gpu_count = gpu_count
+        self.policy = policy
+        self.limit_watts_total = limit_watts_total
+        self._work = WorkMeter()
+        self._energy = CounterTracker()
+        self._last_energy_time: float | None = None
+        self._pending: dict[str, Work] = {}  # work seen while the energy of its time was not yet read
+        self._pending_idle = True
+        self._models: tuple[str, ...] = ()
+        self._totals: dict[str, Work] = {}  # lifetime work per model, for amortised marginal costs
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return self._models
+
+    def tick(self, vllm: VllmSnapshot | None, energy: EnergySnapshot | None) -> TickResult:
+        result = TickResult()
+        if vllm is not None:
+            interval = self._work.update(vllm.engines)
+            result.vllm_resets = interval.resets
+            self._models = tuple(dict.fromkeys(e.model_name for e in vllm.engines)) or self._models
+            for model, work in interval.by_model.items():
+                self._pending.setdefault(model, Work()).add(work)
+                self._totals.setdefault(model, Work()).add(work)
+                result.tokens[(model, INPUT)] = work.input
+                result.tokens[(model, CACHED_INPUT)] = work.cached_input
+                result.tokens[(model, OUTPUT)] = work.output
+                result.steps[model] = work.steps
+            self._pending_idle = self._pending_idle and interval.idle
+        else:
+            # Unknown activity: such an interval must not teach the idle estimate.
+            self._pending_idle = False
+        result.models = self._models
+
+        if energy is not None:
+            self._account_energy(energy, vllm is not None, result)
+        result.idle_watts = self.idle.watts
+        result.marginal = self._marginal()
+        return result
+
+    def _account_energy(self, energy: EnergySnapshot, vllm_known: bool, result: TickResult) -> None:
+        previous_time = self._last_energy_time
+        self._last_energy_time = energy.timestamp
+        if previous_time is None:
+            # The first reading is a baseline for every counter.
+            for gpu in energy.gpus:
+                self._energy.increase(gpu.uuid, gpu.energy_joules)
+            self._pending.clear()
+            self._pending_idle = True
+            return
+        seconds = max(energy.timestamp - previous_time, 0.0)
+        work = self._pending
+        idle_interval = self._pending_idle and vllm_known
+
+        complete = True
+        if energy.modelled:
+            total = modelled_energy(
+                seconds, work.values(), self.prior.energy, self.idle.watts, self.limit_watts_total
+            )
+            count = max(len(energy.gpus), 1)
+            for gpu in energy.gpus:
+                key = (str(gpu.index), gpu.uuid, gpu.name)
+                result.gpu_energy[key] = total / count
+                if seconds > 0:
+                    result.gpu_power[key] = total / count / seconds
+        else:
+            total = 0.0
+            for gpu in energy.gpus:
+                key = (str(gpu.index), gpu.uuid, gpu.name)
+                if gpu.power_watts is not None:
+                    result.gpu_power[key] = gpu.power_watts
+                inc = self._energy.increase(gpu.uuid, gpu.energy_joules)
+                if inc is None:
+                    complete = False
+                    continue
+                result.energy_resets += int(inc.reset)
+                if inc.reset:
+                    # A driver reload restarts the counter; its new value is energy of an unknown span.
+                    complete = False
+                result.gpu_energy[key] = inc.value
+                total += inc.value
+            complete = complete and not any(gpu.energy_joules is None for gpu in energy.gpus)
+
+        if idle_interval and complete and not energy.modelled and seconds > 0:
+            self.idle.observe(total, seconds)
+
+        allocation = allocate(
+            total,
+            seconds,
+            work,
+            self.prior.energy,
+            self.prior.time,
+            self.prior.step_overhead_seconds,
+            self.idle.watts,
+            idle_models=self._models,
+            static_by_occupancy=self.policy.static_by_occupancy,
+            step_on_output=self.policy.step_on_output,
+        )
+        result.allocation = allocation
+        result.seconds = seconds
+        result.energy_joules = total
+        result.costs = costs(allocation, seconds, self.gpu_count, self.prices)
+        result.emissions = emissions(allocation, self.prices)
+        self._pending = {}
+        self._pending_idle = True
+
+    def _marginal(self) -> dict[tuple[str, str], tuple[float, float]]:
+        """Prior marginal energy per token; the per-step and KV costs are amortised over the
+        output tokens seen so far, since a step is paid once for the whole batch."""
+        e = self.prior.energy
+        rel = self.prior.relative_stddev
+        result = {}
+        for model in self._models:
+            totals = self._totals.get(model, Work())
+            output = e.output
+            if totals.output > 0:
+                output += (e.step * totals.steps + e.kv * totals.kv_context) / totals.output
+            for cls, value in ((INPUT, e.input), (CACHED_INPUT, e.cached_input), (OUTPUT, output)):
+                result[(model, cls)] = (value, value * rel)
+        return result

@@ -1,0 +1,113 @@
+"""Allocation of one interval's measured energy to (model, token class), conserving it exactly.
+
+Idle power times the interval is static; what is above it is dynamic and is split by the
+marginal weights (coefficient x work). Static power while busy follows estimated time
+occupancy, or stays idle under the Kepler-like policy. Idle takes the remainder, so the classes
+always add up to the measured energy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from exporter.attribution.prior import Coefficients
+from exporter.attribution.work import Work
+
+INPUT, CACHED_INPUT, OUTPUT, IDLE = "input", "cached_input", "output", "idle"
+TOKEN_CLASSES = (INPUT, CACHED_INPUT, OUTPUT)
+ENERGY_CLASSES = (INPUT, CACHED_INPUT, OUTPUT, IDLE)
+UNKNOWN_MODEL = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    energy: dict[tuple[str, str], float]  # joules per (model, class), summing to the measured energy
+    time_share: dict[tuple[str, str], float]  # fraction of the interval's GPU time, summing to 1
+    busy_fraction: float
+    busy_seconds: float
+    static_joules: float
+    dynamic_joules: float
+
+
+def class_weights(work: Work, c: Coefficients, step_on_output: bool, step_extra: float = 0.0) -> tuple[float, float, float]:
+    """(input, cached_input, output) weights of one model's work under coefficients `c`.
+
+    `step_extra` adds a per-step amount (the fixed step overhead, for time)."""
+    step = (c.step + step_extra) * work.steps
+    w_in = c.input * work.input
+    w_cached = c.cached_input * work.cached_input
+    w_out = c.output * work.output + c.kv * work.kv_context
+    if step_on_output:
+        w_out += step
+    else:
+        tokens = work.input + work.output
+        if tokens > 0:
+            w_in += step * work.input / tokens
+            w_out += step * work.output / tokens
+        else:
+            w_out += step
+    return w_in, w_cached, w_out
+
+
+def allocate(
+    energy_joules: float,
+    seconds: float,
+    work_by_model: dict[str, Work],
+    energy_coefficients: Coefficients,
+    time_coefficients: Coefficients,
+    step_overhead_seconds: float,
+    idle_watts: float,
+    *,
+    idle_models: Sequence[str],
+    static_by_occupancy: bool = True,
+    step_on_output: bool = True,
+) -> Allocation:
+    energy_joules = max(energy_joules, 0.0)
+    seconds = max(seconds, 0.0)
+    energy_w: dict[tuple[str, str], float] = {}
+    time_w: dict[tuple[str, str], float] = {}
+    for model, work in work_by_model.items():
+        if not work.any:
+            continue
+        for cls, e, t in zip(
+            TOKEN_CLASSES,
+            class_weights(work, energy_coefficients, step_on_output),
+            class_weights(work, time_coefficients, step_on_output, step_overhead_seconds),
+        ):
+            if e > 0 or t > 0:
+                energy_w[(model, cls)] = e
+                time_w[(model, cls)] = t
+
+    busy_seconds = sum(time_w.values())
+    busy = min(busy_seconds / seconds, 1.0) if seconds > 0 else (1.0 if busy_seconds > 0 else 0.0)
+    static = min(energy_joules, idle_watts * seconds)
+    dynamic = energy_joules - static
+
+    allocated: dict[tuple[str, str], float] = {}
+    total_time = busy_seconds
+    total_energy_w = sum(energy_w.values())
+    if time_w:
+        static_busy = static * busy if static_by_occupancy else 0.0
+        dynamic_weights, dynamic_total = (energy_w, total_energy_w) if total_energy_w > 0 else (time_w, total_time)
+        for key in time_w:
+            share_static = static_busy * time_w[key] / total_time if total_time > 0 else 0.0
+            share_dynamic = dynamic * dynamic_weights[key] / dynamic_total if dynamic_total > 0 else 0.0
+            allocated[key] = share_static + share_dynamic
+
+    models = list(dict.fromkeys(idle_models)) or list(dict.fromkeys(m for m, _ in time_w)) or [UNKNOWN_MODEL]
+    idle_total = energy_joules - sum(allocated.values())
+    if idle_total < 0:  # only rounding can get here
+        idle_total = 0.0
+    per_model = idle_total / len(models)
+    for model in models[:-1]:
+        allocated[(model, IDLE)] = allocated.get((model, IDLE), 0.0) + per_model
+    allocated[(models[-1], IDLE)] = allocated.get((models[-1], IDLE), 0.0) + (idle_total - per_model * (len(models) - 1))
+
+    shares: dict[tuple[str, str], float] = {}
+    if total_time > 0:
+        for key, t in time_w.items():
+            shares[key] = busy * t / total_time
+    idle_share = 1.0 - busy if time_w else 1.0
+    for model in models:
+        shares[(model, IDLE)] = shares.get((model, IDLE), 0.0) + idle_share / len(models)
+    return Allocation(allocated, shares, busy, busy_seconds, static, dynamic)

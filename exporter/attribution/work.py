@@ -1,0 +1,100 @@
+"""What the engines did in one interval, per model: the token classes and the drivers of
+marginal cost, from two successive vLLM pages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from exporter.attribution.counters import CounterTracker
+from exporter.sources.snapshots import EngineSample
+
+
+@dataclass(slots=True)
+class Work:
+    input: float = 0.0  # prompt tokens computed
+    cached_input: float = 0.0  # prompt tokens served from a prefix cache or a KV transfer
+    output: float = 0.0
+    steps: float = 0.0  # engine iterations
+    kv_context: float = 0.0  # context tokens whose KV the steps read (S x mean usage x capacity)
+
+    def add(self, other: "Work") -> None:
+        self.input += other.input
+        self.cached_input += other.cached_input
+        self.output += other.output
+        self.steps += other.steps
+        self.kv_context += other.kv_context
+
+    @property
+    def any(self) -> bool:
+        return (self.input + self.cached_input + self.output + self.steps) > 0
+
+
+@dataclass(slots=True)
+class IntervalWork:
+    by_model: dict[str, Work] = field(default_factory=dict)
+    resets: int = 0
+    # True when nothing ran at either end and no counter moved: the interval measures idle power.
+    idle: bool = True
+
+
+_COUNTERS = ("prompt_tokens", "generation_tokens", "cached_prompt_tokens", "computed_prompt_tokens", "steps")
+
+
+class WorkMeter:
+    """Turns cumulative per-engine counters into per-model work, summed over engines."""
+
+    __slots__ = ("_tracker", "_last_usage", "_last_busy")
+
+    def __init__(self) -> None:
+        self._tracker = CounterTracker()
+        self._last_usage: dict[tuple[str, str], float] = {}
+        self._last_busy: dict[tuple[str, str], bool] = {}
+
+    def update(self, engines: Iterable[EngineSample]) -> IntervalWork:
+        result = IntervalWork()
+        for sample in engines:
+            series = (sample.model_name, sample.engine)
+            increases = {}
+            reset = False
+            for name in _COUNTERS:
+                inc = self._tracker.increase((series, name), getattr(sample, name), sample.created)
+                if inc is not None:
+                    increases[name] = inc.value
+                    reset = reset or inc.reset
+            result.resets += int(reset)
+
+            work = result.by_model.setdefault(sample.model_name, Work())
+            piece = _classify(increases)
+            usage = sample.kv_cache_usage
+            previous_usage = self._last_usage.get(series, usage)
+            if usage is not None:
+                self._last_usage[series] = usage
+            if usage is not None and previous_usage is not None and sample.kv_cache_capacity_tokens:
+                piece.kv_context = piece.steps * 0.5 * (usage + previous_usage) * sample.kv_cache_capacity_tokens
+            work.add(piece)
+
+            busy_now = bool(sample.requests_running) or bool(sample.requests_waiting)
+            busy_before = self._last_busy.get(series, busy_now)
+            self._last_busy[series] = busy_now
+            if piece.any or busy_now or busy_before:
+                result.idle = False
+        return result
+
+
+def _classify(inc: dict[str, float]) -> Work:
+    prompt = inc.get("prompt_tokens", 0.0)
+    if "computed_prompt_tokens" in inc:
+        computed = min(inc["computed_prompt_tokens"], prompt) if "prompt_tokens" in inc else inc["computed_prompt_tokens"]
+        cached = max(prompt - computed, 0.0)
+    elif "cached_prompt_tokens" in inc:
+        cached = min(inc["cached_prompt_tokens"], prompt)
+        computed = prompt - cached
+    else:
+        computed, cached = prompt, 0.0
+    return Work(
+        input=computed,
+        cached_input=cached,
+        output=inc.get("generation_tokens", 0.0),
+        steps=inc.get("steps", 0.0),
+    )

@@ -1,0 +1,242 @@
+"""Every setting, validated once at start-up. Flags beat environment (`TOKEN_ECONOMY_*`),
+which beats an optional TOML file, which beats the defaults."""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+ENV_PREFIX = "TOKEN_ECONOMY_"
+CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
+
+
+class EnergySource(StrEnum):
+    AUTO = "auto"
+    NVML = "nvml"
+    PHASE_MODEL = "phase-model"
+
+
+class StaticPowerPolicy(StrEnum):
+    OCCUPANCY = "occupancy"  # idle power while busy is split by estimated time occupancy
+    IDLE = "idle"  # idle power always stays idle (Kepler-like)
+
+
+class StepCostPolicy(StrEnum):
+    OUTPUT = "output"  # the weight stream paid once per engine step belongs to decoding
+    TOKENS = "tokens"  # shared by every token the step computed
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    vllm_url: str = Field("http://127.0.0.1:8000", description="Base URL of the vLLM OpenAI server.")
+    vllm_metrics_path: str = Field("/metrics", description="Path of vLLM's Prometheus page.")
+    vllm_timeout: float | None = Field(
+        None, gt=0, le=60, description="Seconds to wait for vLLM's page; default the smaller of 2 s and 0.8 x interval."
+    )
+    vllm_max_response_bytes: int = Field(
+        8 * 1024 * 1024, ge=64 * 1024, description="Larger pages are refused and counted as errors."
+    )
+    listen_address: str = Field("0.0.0.0:9477", description="host:port of our own /metrics.")
+    interval: float = Field(5.0, ge=0.1, le=3600, description="Seconds between collection ticks.")
+    gpus: str | None = Field(
+        None,
+        description="Comma-separated GPU indices or UUIDs; default CUDA_VISIBLE_DEVICES, "
+        "then NVIDIA_VISIBLE_DEVICES, else all GPUs.",
+    )
+    energy_source: EnergySource = Field(EnergySource.AUTO, description="auto, nvml or phase-model.")
+    power_sample_hz: float = Field(20.0, ge=10, le=1000, description="Power sampling rate where a GPU lacks the energy counter.")
+    gpu_type: str | None = Field(None, description="GPU table entry (H100, H200, A100, L40S, L4, A10G) when NVML cannot name it.")
+    gpu_count: int | None = Field(None, ge=1, le=64, description="GPUs for the phase model when --gpus is not given.")
+    idle_watts: float | None = Field(None, gt=0, description="Per-GPU idle power; overrides the GPU table.")
+    prefill_watts: float | None = Field(None, gt=0, description="Per-GPU power while prefilling; overrides the GPU table.")
+    decode_watts: float | None = Field(None, gt=0, description="Per-GPU power while decoding; overrides the GPU table.")
+    model_dir: Path | None = Field(None, description="Directory holding the served model's config.json.")
+    model_params: float | None = Field(None, gt=0, description="Active parameters of the model (e.g. 8e9).")
+    bytes_per_param: float | None = Field(None, gt=0, le=8, description="Weight bytes per parameter; default from config.json, else 2.")
+    input_joules_per_token: float | None = Field(None, ge=0, description="Explicit marginal energy of a computed prompt token.")
+    cached_input_joules_per_token: float | None = Field(None, ge=0, description="Explicit marginal energy of a prefix-cache hit.")
+    output_joules_per_token: float | None = Field(None, ge=0, description="Explicit marginal energy of an output token (per-token part).")
+    step_joules: float | None = Field(None, ge=0, description="Explicit marginal energy of one engine step (weight stream).")
+    kv_joules_per_token: float | None = Field(None, ge=0, description="Explicit marginal energy of reading one context token's KV.")
+    compute_efficiency: float = Field(0.5, gt=0, le=1, description="Fraction of peak FLOP/s reached by prefill.")
+    bandwidth_efficiency: float = Field(0.7, gt=0, le=1, description="Fraction of peak memory bandwidth reached by decode.")
+    step_overhead_seconds: float = Field(0.002, ge=0, le=1, description="Fixed time of one engine step, at idle power.")
+    static_power_policy: StaticPowerPolicy = Field(StaticPowerPolicy.OCCUPANCY, description="occupancy or idle.")
+    step_cost_policy: StepCostPolicy = Field(StepCostPolicy.OUTPUT, description="output or tokens.")
+    idle_window: int = Field(120, ge=3, le=100_000, description="Idle intervals in the idle-power median.")
+    idle_min_samples: int = Field(5, ge=1, description="Idle intervals needed before the median replaces the prior.")
+    prior_relative_stddev: float = Field(0.5, gt=0, le=10, description="Relative uncertainty of the roofline prior.")
+    gpu_hourly_price: float = Field(0.0, ge=0, description="Rental price of one GPU for one hour.")
+    currency: str = Field("USD", description="ISO 4217 code used as the `currency` label.")
+    electricity_price_per_kwh: float = Field(
+        0.0, ge=0, description="Electricity price; leave 0 where the rental price already includes power."
+    )
+    pue: float = Field(1.0, ge=1, le=5, description="Data-centre power usage effectiveness.")
+    grid_carbon_intensity: float = Field(0.0, ge=0, le=5000, description="Grams CO2e per kWh drawn from the grid.")
+    log_format: LogFormat = Field(LogFormat.JSON, description="json or console.")
+    log_level: str = Field("info", description="debug, info, warning or error.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get(CONFIG_FILE_ENV)
+        if path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @field_validator("vllm_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        try:
+            parts.port
+        except ValueError as err:
+            raise ValueError(f"bad port: {err}") from None
+        return value.rstrip("/")
+
+    @field_validator("vllm_metrics_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with /")
+        return value
+
+    @field_validator("listen_address")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen_address(value)
+        return value
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_gpu_list(value)
+        return value
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Z]{3}", value):
+            raise ValueError("must be a three-letter ISO 4217 code such as USD or EUR")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in ("debug", "info", "warning", "error"):
+            raise ValueError("must be debug, info, warning or error")
+        return value
+
+    @field_validator("gpu_type")
+    @classmethod
+    def _gpu_type(cls, value: str | None) -> str | None:
+        from exporter.gpu_table import lookup
+
+        if value is not None and lookup(value) is None:
+            from exporter.gpu_table import GPU_TABLE
+
+            raise ValueError(f"unknown GPU; known: {', '.join(sorted(GPU_TABLE))}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        if self.vllm_timeout is not None and self.vllm_timeout >= self.interval:
+            raise ValueError("vllm_timeout must be shorter than interval")
+        if self.model_dir is not None and not (self.model_dir / "config.json").is_file():
+            raise ValueError(f"model_dir: no config.json in {self.model_dir}")
+        return self
+
+    @property
+    def effective_vllm_timeout(self) -> float:
+        return self.vllm_timeout if self.vllm_timeout is not None else min(2.0, 0.8 * self.interval)
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return parse_listen_address(self.listen_address)
+
+    @property
+    def gpu_selection(self) -> tuple[str, ...] | None:
+        """The GPUs asked for, explicitly or through the CUDA/NVIDIA variables; None: all."""
+        if self.gpus is not None:
+            return parse_gpu_list(self.gpus)
+        for var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
+            raw = os.environ.get(var)
+            if raw is None or raw.strip() == "":
+                continue
+            if raw.strip().lower() in ("all",):
+                return None
+            if raw.strip().lower() in ("none", "void", "-1"):
+                return ()
+            try:
+                return parse_gpu_list(raw)
+            except ValueError:
+                continue
+        return None
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be host:port with a port from 1 to 65535, e.g. 0.0.0.0:9477")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def parse_gpu_list(value: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in value.split(",") if item.strip())
+    if not items:
+        raise ValueError("must list at least one GPU index or UUID")
+    for item in items:
+        if not (item.isdigit() or re.fullmatch(r"(GPU|MIG)-[0-9A-Za-z/-]+", item)):
+            raise ValueError(f"{item!r} is neither a GPU index nor a GPU-/MIG- UUID")
+    return items
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def describe_errors(err: ValidationError) -> list[str]:
+    """One line per bad setting, naming its flag and its environment variable."""
+    lines = []
+    for item in err.errors():
+        loc = [str(part) for part in item.get("loc", ()) if part != "__root__"]
+        field = loc[0] if loc else ""
+        message = item.get("msg", "invalid").removeprefix("Value error, ")
+        if field in Settings.model_fields:
+            lines.append(f"setting {field} ({flag_name(field)} / {env_name(field)}): {message}")
+        else:
+            lines.append(f"settings: {message}")
+    return lines
+
+
+def load_settings(overrides: dict[str, Any]) -> Settings:
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})

@@ -1,0 +1,67 @@
+"""What sources return: immutable readings stamped with the monotonic clock, or a typed error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SourceError(Exception):
+    """A failed read. `reason` is a low-cardinality label for `source_errors_total`."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSample:
+    """One vLLM engine (data-parallel rank) of one model, as read from one page.
+
+    Counters are cumulative since that engine started; None means the family was absent
+    (older vLLM, or a build that does not export it), which callers must treat as unknown,
+    never as zero.
+    """
+
+    model_name: str
+    engine: str
+    prompt_tokens: float | None = None
+    generation_tokens: float | None = None
+    cached_prompt_tokens: float | None = None
+    computed_prompt_tokens: float | None = None  # prompt_tokens_by_source{source="local_compute"}
+    steps: float | None = None  # iteration_tokens_total_count
+    step_tokens: float | None = None  # iteration_tokens_total_sum
+    preemptions: float | None = None
+    created: float | None = None  # prompt_tokens_created: changes when the engine restarts
+    kv_cache_usage: float | None = None  # 0..1
+    kv_cache_capacity_tokens: float | None = None
+    requests_running: float | None = None
+    requests_waiting: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VllmSnapshot:
+    timestamp: float
+    engines: tuple[EngineSample, ...]
+    missing_families: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class GpuReading:
+    """One GPU. `energy_joules` is a cumulative counter (NVML's since driver load, or our own
+    integral of sampled power); None when this GPU's read failed this time."""
+
+    index: int
+    uuid: str
+    name: str
+    energy_joules: float | None
+    power_watts: float | None
+    method: str  # "counter", "power_integration" or "phase_model"
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnergySnapshot:
+    timestamp: float
+    gpus: tuple[GpuReading, ...]
+    modelled: bool = False  # True: no measurement; the core's phase model supplies the energy
