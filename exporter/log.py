@@ -1,0 +1,63 @@
+"""structlog set-up: JSON lines for containers, a console renderer for people."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def configure(log_format: str = "json", level: str = "info") -> None:
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**context: object) -> structlog.typing.FilteringBoundLogger:
+    return structlog.get_logger("token_economy_exporter").bind(**context)
+
+
+class Episode:
+    """Logs a source's state changes only: the first failure of an outage (and a change of
+    cause), then its recovery with how many reads failed in between."""
+
+    __slots__ = ("_log", "_source", "_reason", "_failures")
+
+    def __init__(self, log, source: str) -> None:
+        self._log = log
+        self._source = source
+        self._reason: str | None = None
+        self._failures = 0
+
+    @property
+    def down(self) -> bool:
+        return self._reason is not None
+
+    def failed(self, reason: str, detail: str = "") -> None:
+        self._failures += 1
+        if reason != self._reason:
+            self._log.warning("source_lost" if self._reason is None else "source_failure_changed",
+                              source=self._source, reason=reason, detail=detail)
+            self._reason = reason
+
+    def succeeded(self) -> None:
+        if self._reason is not None:
+            self._log.info("source_recovered", source=self._source, failed_reads=self._failures)
+        self._reason = None
+        self._failures = 0

@@ -1,0 +1,1 @@
+"""Sources only read: each returns an immutable snapshot or raises SourceError."""

@@ -1,0 +1,90 @@
+import math
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from exporter.attribution.prior import Coefficients
+from exporter.attribution.split import allocate
+from exporter.attribution.work import Work
+
+ENERGY = Coefficients(input=0.2, cached_input=0.002, output=0.2, step=15.0, kv=1e-4)
+TIME = Coefficients(input=1e-4, cached_input=1e-6, output=1e-4, step=0.02, kv=1e-8)
+
+
+def run(energy, seconds, work, idle_watts=150.0, **kw):
+    return allocate(energy, seconds, work, ENERGY, TIME, 0.002, idle_watts, idle_models=list(work) or ["m"], **kw)
+
+
+def total(alloc):
+    return math.fsum(alloc.energy.values())
+
+
+def test_an_idle_interval_goes_wholly_to_idle():
+    a = run(160.0, 1.0, {"m": Work()})
+    assert a.energy == {("m", "idle"): 160.0}
+    assert a.time_share == {("m", "idle"): 1.0}
+
+
+def test_dynamic_energy_follows_marginal_weights_and_static_follows_occupancy():
+    work = {"m": Work(input=1000, output=160, steps=10)}
+    a = run(1000.0, 1.0, work)
+    # busy time 0.1 s input + 0.016 output + 10 x 0.022 steps = 0.336 s of 1 s
+    assert a.busy_fraction == pytest.approx(0.336)
+    dynamic = 1000.0 - 150.0
+    w_in, w_out = 0.2 * 1000, 0.2 * 160 + 15.0 * 10
+    static_busy = 150.0 * 0.336
+    assert a.energy[("m", "input")] == pytest.approx(dynamic * w_in / (w_in + w_out) + static_busy * 0.1 / 0.336)
+    assert a.energy[("m", "output")] == pytest.approx(dynamic * w_out / (w_in + w_out) + static_busy * 0.236 / 0.336)
+    assert a.energy[("m", "idle")] == pytest.approx(150.0 * (1 - 0.336))
+    assert total(a) == pytest.approx(1000.0, rel=1e-12)
+
+
+def test_kepler_like_policy_leaves_static_power_idle():
+    a = run(1000.0, 1.0, {"m": Work(input=1000, output=160, steps=10)}, static_by_occupancy=False)
+    assert a.energy[("m", "idle")] == pytest.approx(150.0)
+
+
+def test_per_step_cost_can_be_shared_by_all_tokens():
+    work = {"m": Work(input=100, output=100, steps=10)}
+    own = run(1000.0, 1.0, work).energy
+    shared = run(1000.0, 1.0, work, step_on_output=False).energy
+    assert shared[("m", "input")] > own[("m", "input")]
+    assert total(run(1000.0, 1.0, work, step_on_output=False)) == pytest.approx(1000.0, rel=1e-12)
+
+
+def test_energy_below_the_idle_estimate_is_all_static():
+    a = run(100.0, 1.0, {"m": Work(output=10, steps=10)})
+    assert a.dynamic_joules == 0.0 and total(a) == pytest.approx(100.0)
+
+
+def test_output_costs_more_per_token_than_input_under_decode_heavy_load():
+    a = run(500.0, 1.0, {"m": Work(input=200, output=400, steps=100)})
+    assert a.energy[("m", "output")] / 400 > a.energy[("m", "input")] / 200
+
+
+work_strategy = st.builds(
+    Work,
+    input=st.floats(0, 1e5),
+    cached_input=st.floats(0, 1e5),
+    output=st.floats(0, 1e4),
+    steps=st.floats(0, 1e3),
+    kv_context=st.floats(0, 1e8),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    energy=st.floats(0, 1e5),
+    seconds=st.floats(0, 60),
+    works=st.dictionaries(st.sampled_from(["a", "b", "c"]), work_strategy, max_size=3),
+    idle_watts=st.floats(0, 2000),
+    occupancy=st.booleans(),
+    on_output=st.booleans(),
+)
+def test_classes_always_sum_to_the_measured_energy_and_are_never_negative(energy, seconds, works, idle_watts, occupancy, on_output):
+    a = allocate(energy, seconds, works, ENERGY, TIME, 0.002, idle_watts, idle_models=list(works),
+                 static_by_occupancy=occupancy, step_on_output=on_output)
+    assert all(v >= 0 and not math.isnan(v) for v in a.energy.values())
+    assert math.isclose(total(a), energy, rel_tol=1e-9, abs_tol=1e-12)
+    assert math.isclose(math.fsum(a.time_share.values()), 1.0, rel_tol=1e-9)
+    assert all(v >= 0 for v in a.time_share.values())

@@ -1,0 +1,69 @@
+from exporter.attribution.work import WorkMeter
+from exporter.sources.snapshots import EngineSample
+
+
+def sample(model="m", engine="0", **kw):
+    base = dict(prompt_tokens=0.0, generation_tokens=0.0, cached_prompt_tokens=0.0, computed_prompt_tokens=0.0,
+                steps=0.0, created=1.0, kv_cache_usage=0.0, kv_cache_capacity_tokens=1000.0,
+                requests_running=0.0, requests_waiting=0.0)
+    base.update(kw)
+    return EngineSample(model_name=model, engine=engine, **base)
+
+
+def test_classes_follow_vllm_counters_and_sum_over_engines():
+    meter = WorkMeter()
+    meter.update([sample(engine="0"), sample(engine="1")])
+    w = meter.update([
+        sample(engine="0", prompt_tokens=100, computed_prompt_tokens=60, cached_prompt_tokens=40,
+               generation_tokens=30, steps=10, requests_running=1),
+        sample(engine="1", prompt_tokens=50, computed_prompt_tokens=50, generation_tokens=5, steps=2),
+    ])
+    work = w.by_model["m"]
+    assert (work.input, work.cached_input, work.output, work.steps) == (110, 40, 35, 12)
+    assert not w.idle
+
+
+def test_cached_from_cached_total_when_by_source_is_absent():
+    meter = WorkMeter()
+    meter.update([sample(computed_prompt_tokens=None)])
+    w = meter.update([sample(computed_prompt_tokens=None, prompt_tokens=80, cached_prompt_tokens=30)]).by_model["m"]
+    assert (w.input, w.cached_input) == (50, 30)
+
+
+def test_legacy_page_without_cache_counters_counts_all_prompt_tokens_as_computed():
+    meter = WorkMeter()
+    meter.update([sample(computed_prompt_tokens=None, cached_prompt_tokens=None, created=None)])
+    w = meter.update([sample(computed_prompt_tokens=None, cached_prompt_tokens=None, created=None,
+                             prompt_tokens=70)]).by_model["m"]
+    assert (w.input, w.cached_input) == (70, 0)
+
+
+def test_restart_counts_the_new_values_once_and_reports_it():
+    meter = WorkMeter()
+    meter.update([sample(prompt_tokens=1000, computed_prompt_tokens=1000, generation_tokens=900, steps=500)])
+    w = meter.update([sample(prompt_tokens=10, computed_prompt_tokens=10, generation_tokens=7, steps=3, created=2.0)])
+    assert w.resets == 1
+    assert (w.by_model["m"].input, w.by_model["m"].output) == (10, 7)
+
+
+def test_kv_context_is_steps_times_mean_usage_times_capacity():
+    meter = WorkMeter()
+    meter.update([sample(kv_cache_usage=0.1)])
+    w = meter.update([sample(kv_cache_usage=0.3, steps=10, generation_tokens=10, requests_running=2)])
+    assert abs(w.by_model["m"].kv_context - 10 * 0.2 * 1000) < 1e-9
+
+
+def test_idle_only_when_nothing_moved_and_nothing_ran_at_either_end():
+    meter = WorkMeter()
+    meter.update([sample()])
+    assert meter.update([sample()]).idle
+    assert not meter.update([sample(requests_waiting=1)]).idle
+    assert not meter.update([sample()]).idle  # it was waiting at the start of this interval
+    assert meter.update([sample()]).idle
+
+
+def test_two_models_stay_apart():
+    meter = WorkMeter()
+    meter.update([sample(model="a"), sample(model="b")])
+    w = meter.update([sample(model="a", generation_tokens=5), sample(model="b", generation_tokens=9)])
+    assert w.by_model["a"].output == 5 and w.by_model["b"].output == 9
