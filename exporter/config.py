@@ -200,8 +200,8 @@ class Settings(BaseSettings):
 
 def parse_listen_address(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("must be host:port with a port from 1 to 65535, e.g. 0.0.0.0:9477")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError("must be host:port with a port from 0 (any free port) to 65535, e.g. 0.0.0.0:9477")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
 

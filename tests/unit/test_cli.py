@@ -1,0 +1,104 @@
+import subprocess
+import sys
+
+import pytest
+
+from exporter.cli import main
+from exporter.config import Settings
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, timeout=60,
+                          env=env)
+
+
+@pytest.mark.parametrize(
+    "flags, setting",
+    [
+        (["--interval", "0"], "interval"),
+        (["--interval", "soon"], "interval"),
+        (["--vllm-url", "ftp://x"], "vllm_url"),
+        (["--listen-address", "nohost"], "listen_address"),
+        (["--listen-address", "0.0.0.0:70000"], "listen_address"),
+        (["--gpus", "0,banana"], "gpus"),
+        (["--energy-source", "solar"], "energy_source"),
+        (["--gpu-hourly-price", "-1"], "gpu_hourly_price"),
+        (["--currency", "dollars"], "currency"),
+        (["--pue", "0.5"], "pue"),
+        (["--grid-carbon-intensity", "-3"], "grid_carbon_intensity"),
+        (["--log-format", "xml"], "log_format"),
+        (["--gpu-type", "Voodoo2"], "gpu_type"),
+        (["--model-dir", "/nonexistent"], "model_dir"),
+        (["--interval", "1", "--vllm-timeout", "5"], "vllm_timeout"),
+        (["--electricity-price-per-kwh", "x"], "electricity_price_per_kwh"),
+    ],
+)
+def test_a_bad_value_exits_2_naming_the_setting(flags, setting, capsys):
+    assert main(["run", *flags]) == 2
+    err = capsys.readouterr().err
+    assert setting in err and "error" in err
+
+
+def test_environment_variables_are_settings_and_flags_win(monkeypatch):
+    monkeypatch.setenv("TOKEN_ECONOMY_INTERVAL", "7")
+    monkeypatch.setenv("TOKEN_ECONOMY_GPUS", "0,GPU-abc-123")
+    monkeypatch.setenv("TOKEN_ECONOMY_PUE", "1.3")
+    s = Settings(pue=1.1)
+    assert s.interval == 7 and s.gpu_selection == ("0", "GPU-abc-123") and s.pue == 1.1
+
+
+def test_a_bad_environment_variable_is_named(monkeypatch, capsys):
+    monkeypatch.setenv("TOKEN_ECONOMY_INTERVAL", "-4")
+    assert main(["run"]) == 2
+    assert "TOKEN_ECONOMY_INTERVAL" in capsys.readouterr().err
+
+
+def test_gpu_selection_falls_back_to_cuda_then_nvidia_visible_devices(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "GPU-1111,GPU-2222")
+    assert Settings().gpu_selection == ("GPU-1111", "GPU-2222")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert Settings().gpu_selection == ("1",)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "all")
+    assert Settings().gpu_selection is None
+
+
+def test_config_file(tmp_path, monkeypatch):
+    path = tmp_path / "exporter.toml"
+    path.write_text('interval = 3.0\ncurrency = "EUR"\n')
+    monkeypatch.setenv("TOKEN_ECONOMY_CONFIG_FILE", str(path))
+    assert (Settings().interval, Settings().currency) == (3.0, "EUR")
+
+
+def test_missing_config_file_is_named(capsys):
+    assert main(["run", "--config", "/nonexistent.toml"]) == 2
+    assert "config" in capsys.readouterr().err
+
+
+def test_nvml_demanded_where_there_is_no_driver_stops_start_up():
+    result = run_cli("run", "--energy-source", "nvml", "--listen-address", "127.0.0.1:0")
+    assert result.returncode == 2 and "energy_source" in result.stderr
+
+
+def test_busy_port_is_named(unused_tcp_port_holder):
+    port = unused_tcp_port_holder
+    result = run_cli("run", "--energy-source", "phase-model", "--listen-address", f"127.0.0.1:{port}")
+    assert result.returncode == 2 and "listen_address" in result.stderr
+
+
+@pytest.fixture
+def unused_tcp_port_holder():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_version_and_help():
+    assert run_cli("--version").stdout.startswith("token-economy-exporter ")
+    help_text = run_cli("run", "--help").stdout
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in help_text
