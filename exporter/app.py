@@ -18,7 +18,7 @@ from exporter.ledger import Ledger
 from exporter.loop import CollectionLoop
 from exporter.model_spec import resolve as resolve_model
 from exporter.pricing import Prices
-from exporter.server import HttpServer, make_app
+from exporter.server import HttpServer, MetricsCache, Routes
 from exporter.sources.energy import EnergySourceError, open_energy_source
 from exporter.sources.vllm import VllmSource
 
@@ -38,6 +38,8 @@ class App:
     log: object
 
     def run(self, stop: threading.Event) -> None:
+        # The tick thread must not hold the GIL for CPython's default 5 ms while a scrape waits.
+        sys.setswitchinterval(0.0005)
         self.server.start()
         self.log.info("started", port=self.server.port)
         try:
@@ -111,9 +113,9 @@ def build(settings: Settings) -> App:
         collector(registry=registry)
 
     host, port = settings.listen_host_port
-    app = make_app(registry, ledger, settings.vllm_url, energy.mode)
+    routes = Routes(MetricsCache(registry, ledger), ledger, settings.vllm_url, energy.mode)
     try:
-        server = HttpServer(host, port, app)
+        server = HttpServer(host, port, routes)
     except OSError as err:
         raise StartupError(
             f"setting listen_address ({flag_name('listen_address')} / {env_name('listen_address')}): "

@@ -57,9 +57,19 @@ class Ledger:
     def __init__(self, sources: tuple[str, ...] = ("vllm", "energy")) -> None:
         self._lock = threading.Lock()
         self._view = LedgerView()
+        self._version = 0
         for source in sources:
             self._view.source_up[source] = 0.0
             self._view.resets[source] = 0.0
+
+    @property
+    def version(self) -> int:
+        """Changes with every write: what a cached exposition is keyed on."""
+        return self._version
+
+    @property
+    def ready(self) -> bool:
+        return self._view.ready
 
     def view(self) -> LedgerView:
         with self._lock:
@@ -67,6 +77,7 @@ class Ledger:
 
     def apply(self, result: TickResult, *, idle_measured: bool) -> None:
         with self._lock:
+            self._version += 1
             v = self._view
             _add(v.tokens, result.tokens)
             _add(v.steps, result.steps)
@@ -88,6 +99,7 @@ class Ledger:
 
     def record_read(self, source: str, ok: bool, seconds: float, reasons: tuple[str, ...] = ()) -> None:
         with self._lock:
+            self._version += 1
             v = self._view
             v.source_up[source] = 1.0 if ok else 0.0
             v.reads[source] += 1
@@ -97,6 +109,7 @@ class Ledger:
 
     def record_tick(self, seconds: float, unixtime: float, ready: bool) -> None:
         with self._lock:
+            self._version += 1
             v = self._view
             v.ticks += 1
             v.tick_seconds += seconds
@@ -105,4 +118,5 @@ class Ledger:
 
     def count_error(self, source: str, reason: str) -> None:
         with self._lock:
+            self._version += 1
             self._view.source_errors[(source, reason)] += 1

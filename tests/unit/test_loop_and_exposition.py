@@ -19,7 +19,7 @@ from exporter.ledger import Ledger
 from exporter.loop import CollectionLoop
 from exporter.model_spec import ModelSpec
 from exporter.pricing import Prices
-from exporter.server import HttpServer, make_app
+from exporter.server import HttpServer, MetricsCache, Routes
 from exporter.sources.snapshots import EngineSample, EnergySnapshot, GpuReading, SourceError, VllmSnapshot
 
 
@@ -144,7 +144,7 @@ def test_an_unexpected_exception_in_a_source_never_escapes(rig):
 
 def test_routes_and_readiness(rig):
     loop, ledger, vllm, energy, registry = rig
-    server = HttpServer("127.0.0.1", 0, make_app(registry, ledger, "http://127.0.0.1:8000", "nvml"))
+    server = HttpServer("127.0.0.1", 0, Routes(MetricsCache(registry, ledger), ledger, "http://127.0.0.1:8000", "nvml"))
     server.start()
     base = f"http://127.0.0.1:{server.port}"
     try:

@@ -1,0 +1,71 @@
+"""Per-tick cost on the real 55 KB vLLM page: our parse + attribution against a full
+`prometheus_client` parse of the same page, measured in the same run.
+
+    python -m benchmarks.bench_tick [--rounds 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.attribution.attributor import Attributor
+from exporter.attribution.idle import IdlePowerEstimator
+from exporter.attribution.prior import roofline_prior
+from exporter.gpu_table import GPU_TABLE
+from exporter.model_spec import ModelSpec
+from exporter.pricing import Prices
+from exporter.sources.snapshots import EnergySnapshot, GpuReading
+from exporter.sources.vllm_page import parse
+
+PAGE = (Path(__file__).parents[1] / "tests" / "fixtures" / "vllm-0.32-cpu-metrics.txt").read_text()
+
+
+def timed(fn, rounds: int) -> list[float]:
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=2000)
+    args = parser.parse_args()
+
+    prior = roofline_prior(GPU_TABLE["H100"], 1, ModelSpec(8e9, 8e9, 2, 131072, "bench"), compute_efficiency=0.5,
+                           bandwidth_efficiency=0.7, step_overhead_seconds=0.002, relative_stddev=0.5)
+    attributor = Attributor(prior, IdlePowerEstimator(75, 120, 5), Prices(3.0, 0.1, 1.2, 400), 1)
+    clock = [0.0]
+
+    def tick() -> None:
+        clock[0] += 1.0
+        snapshot = parse(PAGE, clock[0])
+        energy = EnergySnapshot(clock[0], (GpuReading(0, "GPU-0", "NVIDIA H100", 300.0 * clock[0], 300.0, "counter"),))
+        attributor.tick(snapshot, energy)
+
+    def full_parse() -> None:
+        for _ in text_string_to_metric_families(PAGE):
+            pass
+
+    tick()  # baselines
+    ours = timed(tick, args.rounds)
+    baseline = timed(full_parse, max(args.rounds // 10, 20))
+    ours_ms = statistics.median(ours) * 1e3
+    base_ms = statistics.median(baseline) * 1e3
+    print(f"page: {len(PAGE.encode())} bytes, {PAGE.count(chr(10))} lines")
+    print(f"parse + attribution per tick: median {ours_ms:.3f} ms, p99 {sorted(ours)[int(len(ours) * 0.99)] * 1e3:.3f} ms"
+          f" ({args.rounds} rounds)")
+    print(f"prometheus_client full parse: median {base_ms:.3f} ms ({len(baseline)} rounds)")
+    print(f"speed-up: {base_ms / ours_ms:.1f}x")
+    print(f"targets: median <= 1 ms: {'PASS' if ours_ms <= 1 else 'FAIL'}; >= 5x: {'PASS' if base_ms / ours_ms >= 5 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
