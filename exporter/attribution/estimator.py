@@ -1,0 +1,158 @@
+"""Online marginal costs: energy above idle y ≈ a·P + b·G + c·S + d·K, fitted by a Bayesian
+recursive least squares (Kalman) filter that starts at, and is pulled back towards, the
+roofline prior.
+
+- Work is summed over windows of at least `window_seconds` before an update: vLLM credits a
+  prompt when its first token appears, so short intervals pair energy with the wrong tokens.
+- The coefficients are fitted relative to the prior (θ = θ0 · r), so every direction starts
+  with the same relative uncertainty and the numbers stay well scaled from 1 B to 400 B models.
+- Before each update the state reverts a little towards the prior and its covariance towards
+  the prior covariance: information that the data stop providing decays, the covariance can
+  neither wind up nor collapse, and a steady input:output mix, which cannot tell a from b
+  apart, leaves the estimate near the prior instead of letting it swing.
+- Coefficients are projected onto r ≥ 0 after each update: a negative marginal cost is never
+  an answer, only noise.
+- `identified` says whether the data, not the prior, decide the split between input and output:
+  the posterior relative uncertainty of both the recent input energy and the recent output
+  energy must have fallen below `identified_ratio` times the prior's.
+
+Cached prompt tokens keep their prior cost: they are too cheap to be seen in the noise."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from exporter.attribution.prior import Coefficients
+from exporter.attribution.work import Work
+
+DRIVERS = ("input", "output", "step", "kv")  # the fitted coefficients, in state order
+
+
+@dataclass(frozen=True, slots=True)
+class EstimatorSettings:
+    window_seconds: float = 30.0
+    reversion_seconds: float = 3600.0  # time constant of the pull back to the prior
+    measurement_noise: float = 0.05  # relative noise of one window's energy above idle
+    prior_relative_stddev: float = 0.5
+    identified_ratio: float = 0.5
+
+
+def _features(work: Work) -> list[float]:
+    return [work.input, work.output, work.steps, work.kv_context]
+
+
+class MarginalCostEstimator:
+    __slots__ = ("_prior", "_base", "_settings", "_r", "_cov", "_window", "_window_y", "_window_seconds",
+                 "_recent", "_residual", "_updates")
+
+    def __init__(self, prior: Coefficients, settings: EstimatorSettings = EstimatorSettings()) -> None:
+        self._prior = prior
+        self._base = [prior.input, prior.output, prior.step, prior.kv]
+        self._settings = settings
+        n = len(DRIVERS)
+        self._r = [1.0] * n
+        s2 = settings.prior_relative_stddev ** 2
+        self._cov = [[s2 if i == j else 0.0 for j in range(n)] for i in range(n)]
+        self._window = Work()
+        self._window_y = 0.0
+        self._window_seconds = 0.0
+        self._recent = [0.0] * n  # decayed feature totals: what "recent input/output energy" means
+        self._residual = 0.0
+        self._updates = 0
+
+    # -- reading ---------------------------------------------------------------------------
+    @property
+    def coefficients(self) -> Coefficients:
+        a, b, c, d = (base * r for base, r in zip(self._base, self._r))
+        return Coefficients(input=a, cached_input=self._prior.cached_input, output=b, step=c, kv=d)
+
+    @property
+    def stddevs(self) -> Coefficients:
+        a, b, c, d = (base * math.sqrt(max(self._cov[i][i], 0.0)) for i, base in enumerate(self._base))
+        return Coefficients(input=a, cached_input=self._prior.cached_input * self._settings.prior_relative_stddev,
+                            output=b, step=c, kv=d)
+
+    @property
+    def updates(self) -> int:
+        return self._updates
+
+    @property
+    def residual_ratio(self) -> float:
+        """Recent mean of |measured − predicted| / measured over fitted windows."""
+        return self._residual
+
+    def output_per_token(self, work: Work) -> tuple[float, float]:
+        """Marginal energy of an output token with its share of steps and KV reads, and its stddev,
+        for the given work mix (per-step cost is paid once for a whole batch)."""
+        if work.output <= 0:
+            c = self.coefficients
+            return c.output, self.stddevs.output
+        g = [0.0, work.output, work.steps, work.kv_context]
+        return self._linear(g, 1.0 / work.output)
+
+    @property
+    def identified(self) -> bool:
+        u_in = [self._recent[0], 0.0, 0.0, 0.0]
+        u_out = [0.0] + self._recent[1:]
+        limit = self._settings.identified_ratio * self._settings.prior_relative_stddev
+        for u in (u_in, u_out):
+            value, sd = self._linear(u, 1.0)
+            if value <= 0 or sd / value > limit:
+                return False
+        return self._updates > 0
+
+    def _linear(self, g: list[float], scale: float) -> tuple[float, float]:
+        """Value and stddev of Σ g_i θ_i, times scale."""
+        w = [gi * base for gi, base in zip(g, self._base)]
+        value = sum(wi * ri for wi, ri in zip(w, self._r))
+        var = sum(w[i] * self._cov[i][j] * w[j] for i in range(len(w)) for j in range(len(w)))
+        return value * scale, math.sqrt(max(var, 0.0)) * scale
+
+    # -- learning --------------------------------------------------------------------------
+    def observe(self, dynamic_joules: float, seconds: float, work: Work) -> bool:
+        """Add one interval (energy above idle, which may be negative by noise); True when a
+        window closed and the estimate moved."""
+        self._window.add(work)
+        self._window_y += dynamic_joules - self._prior.cached_input * work.cached_input
+        self._window_seconds += seconds
+        if self._window_seconds < self._settings.window_seconds:
+            return False
+        x = [f * base for f, base in zip(_features(self._window), self._base)]
+        y, elapsed = self._window_y, self._window_seconds
+        self._window, self._window_y, self._window_seconds = Work(), 0.0, 0.0
+        if not any(x):
+            return False
+        self._revert(elapsed)
+        self._update(x, y)
+        return True
+
+    def _revert(self, elapsed: float) -> None:
+        rho = math.exp(-elapsed / self._settings.reversion_seconds)
+        s2 = self._settings.prior_relative_stddev ** 2
+        n = len(self._r)
+        self._r = [1.0 + rho * (r - 1.0) for r in self._r]
+        self._cov = [[rho * rho * self._cov[i][j] + ((1 - rho * rho) * s2 if i == j else 0.0) for j in range(n)]
+                     for i in range(n)]
+        self._recent = [rho * v for v in self._recent]
+
+    def _update(self, x: list[float], y: float) -> None:
+        n = len(x)
+        predicted = sum(xi * ri for xi, ri in zip(x, self._r))
+        noise = self._settings.measurement_noise * max(abs(y), abs(predicted), 1e-9)
+        px = [sum(self._cov[i][j] * x[j] for j in range(n)) for i in range(n)]
+        s = sum(x[i] * px[i] for i in range(n)) + noise * noise
+        gain = [p / s for p in px]
+        innovation = y - predicted
+        self._r = [max(r + k * innovation, 0.0) for r, k in zip(self._r, gain)]
+        # Joseph form keeps the covariance symmetric and positive through rounding.
+        ikx = [[(1.0 if i == j else 0.0) - gain[i] * x[j] for j in range(n)] for i in range(n)]
+        tmp = [[sum(ikx[i][k] * self._cov[k][j] for k in range(n)) for j in range(n)] for i in range(n)]
+        cov = [[sum(tmp[i][k] * ikx[j][k] for k in range(n)) + gain[i] * gain[j] * noise * noise for j in range(n)]
+               for i in range(n)]
+        self._cov = [[0.5 * (cov[i][j] + cov[j][i]) for j in range(n)] for i in range(n)]
+        self._recent = [v + f / base if base else v for v, f, base in zip(self._recent, x, self._base)]
+        fitted = sum(xi * ri for xi, ri in zip(x, self._r))
+        ratio = abs(y - fitted) / max(abs(y), 1e-9)
+        self._residual = ratio if self._updates == 0 else 0.9 * self._residual + 0.1 * ratio
+        self._updates += 1

@@ -1,0 +1,104 @@
+import math
+import random
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from exporter.attribution.estimator import EstimatorSettings, MarginalCostEstimator
+from exporter.attribution.prior import Coefficients
+from exporter.attribution.work import Work
+
+PRIOR = Coefficients(input=0.02, cached_input=0.0002, output=0.02, step=2.0, kv=2e-5)
+TRUE = Coefficients(input=0.026, cached_input=0.0002, output=0.016, step=2.3, kv=1.6e-5)
+
+
+def energy(theta, w):
+    return theta.input * w.input + theta.output * w.output + theta.step * w.steps + theta.kv * w.kv_context
+
+
+def mixed_window(rng, seconds=5.0):
+    steps = rng.uniform(50, 400) * seconds / 5
+    batch = rng.uniform(2, 64)
+    return Work(input=rng.uniform(0, 20000) * seconds / 5, output=steps * batch, steps=steps,
+                kv_context=steps * batch * rng.uniform(200, 3000))
+
+
+def feed(est, rng, windows, make, noise=0.03, seconds=5.0):
+    for _ in range(windows):
+        w = make(rng, seconds)
+        est.observe(energy(TRUE, w) * (1 + rng.gauss(0, noise)), seconds, w)
+
+
+def test_well_mixed_load_converges_to_the_true_costs_within_10_percent():
+    est = MarginalCostEstimator(PRIOR)
+    feed(est, random.Random(1), 3000, mixed_window)
+    c = est.coefficients
+    for name in ("input", "step"):
+        assert getattr(c, name) == pytest.approx(getattr(TRUE, name), rel=0.10), name
+    assert est.identified
+    assert est.residual_ratio < 0.1
+
+
+def test_steady_mix_stays_near_the_prior_and_says_not_identified():
+    est = MarginalCostEstimator(PRIOR)
+
+    def steady(rng, seconds):
+        return Work(input=4000.0, output=3200.0, steps=100.0, kv_context=100.0 * 32 * 1000)
+
+    feed(est, random.Random(2), 2000, steady)
+    c, sd = est.coefficients, est.stddevs
+    assert not est.identified
+    # The total is fitted, the split is not: each coefficient stays inside the prior band.
+    for name in ("input", "output", "step", "kv"):
+        assert abs(getattr(c, name) - getattr(PRIOR, name)) <= 2 * 0.5 * getattr(PRIOR, name), name
+    total = energy(c, steady(None, 0))
+    assert total == pytest.approx(energy(TRUE, steady(None, 0)), rel=0.05)
+    assert sd.input > 0.2 * PRIOR.input  # still uncertain
+
+
+def test_no_wind_up_a_long_steady_spell_does_not_freeze_the_estimate():
+    est = MarginalCostEstimator(PRIOR)
+
+    def steady(rng, seconds):
+        return Work(input=4000.0, output=3200.0, steps=100.0, kv_context=3.2e6)
+
+    rng = random.Random(3)
+    feed(est, rng, 20000, steady)  # 28 hours of one mix
+    feed(est, rng, 3000, mixed_window)
+    assert est.coefficients.input == pytest.approx(TRUE.input, rel=0.10)
+    assert est.identified
+
+
+def test_never_negative_even_when_the_data_say_so():
+    est = MarginalCostEstimator(PRIOR)
+    rng = random.Random(4)
+    for _ in range(500):
+        w = mixed_window(rng)
+        est.observe(-abs(energy(TRUE, w)), 5.0, w)
+    assert all(v >= 0 for v in est.coefficients.as_tuple())
+
+
+def test_windows_gather_at_least_window_seconds_of_work():
+    est = MarginalCostEstimator(PRIOR, EstimatorSettings(window_seconds=30))
+    w = Work(input=100, output=100, steps=10, kv_context=1000)
+    assert [est.observe(energy(TRUE, w), 5.0, w) for _ in range(6)] == [False] * 5 + [True]
+
+
+def test_amortised_output_cost_includes_the_step_share():
+    est = MarginalCostEstimator(PRIOR)
+    value, sd = est.output_per_token(Work(output=64, steps=1, kv_context=0))
+    assert value == pytest.approx(PRIOR.output + PRIOR.step / 64)
+    assert sd == pytest.approx(0.5 * math.hypot(PRIOR.output, PRIOR.step / 64))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(-1e4, 1e6), st.floats(0, 1e5), st.floats(0, 1e5), st.floats(0, 1e3),
+                          st.floats(0, 1e8)), min_size=1, max_size=40))
+def test_any_trace_keeps_finite_non_negative_coefficients_and_a_valid_covariance(trace):
+    est = MarginalCostEstimator(PRIOR, EstimatorSettings(window_seconds=1))
+    for y, p, g, s, k in trace:
+        est.observe(y, 1.0, Work(input=p, output=g, steps=s, kv_context=k))
+    for v in est.coefficients.as_tuple() + est.stddevs.as_tuple():
+        assert math.isfinite(v) and v >= 0
+    # never more uncertain than the prior
+    assert all(sd <= 0.5 * base * 1.000001 for sd, base in zip(est.stddevs.as_tuple(), PRIOR.as_tuple()))
