@@ -10,10 +10,11 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from exporter import __version__, log as logging_setup
 from exporter.attribution.attributor import Attributor, Policy
+from exporter.attribution.estimator import EstimatorSettings, MarginalCostEstimator
 from exporter.attribution.idle import IdlePowerEstimator
 from exporter.attribution.prior import roofline_prior
 from exporter.collector import LedgerCollector
-from exporter.config import Settings, StaticPowerPolicy, StepCostPolicy, env_name, flag_name
+from exporter.config import Estimator, Settings, StaticPowerPolicy, StepCostPolicy, env_name, flag_name
 from exporter.ledger import Ledger
 from exporter.loop import CollectionLoop
 from exporter.model_spec import resolve as resolve_model
@@ -90,6 +91,16 @@ def build(settings: Settings) -> App:
             step_on_output=settings.step_cost_policy is StepCostPolicy.OUTPUT,
         ),
         limit_watts_total=limit_watts,
+        estimator=MarginalCostEstimator(
+            prior.energy,
+            EstimatorSettings(
+                window_seconds=settings.fit_window_seconds,
+                reversion_seconds=settings.prior_reversion_seconds,
+                measurement_noise=settings.measurement_noise,
+                prior_relative_stddev=settings.prior_relative_stddev,
+                identified_ratio=settings.identified_ratio,
+            ),
+        ) if settings.estimator is Estimator.FITTED else None,
     )
     log.info("attribution_prior", gpu=energy.gpu_spec.key, gpus=energy.gpu_count, model_params=model.active_params,
              model_spec=model.source, joules_per_input_token=prior.energy.input,
@@ -101,6 +112,7 @@ def build(settings: Settings) -> App:
         "gpu_type": energy.gpu_spec.key,
         "model_spec": model.source,
         "prior": "explicit" if any(v is not None for v in explicit.values()) else "roofline",
+        "estimator": settings.estimator.value,
         "static_power_policy": settings.static_power_policy.value,
         "step_cost_policy": settings.step_cost_policy.value,
         "currency": settings.currency,

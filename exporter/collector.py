@@ -59,6 +59,14 @@ class LedgerCollector(Collector):
                     ["model_name", "token_class"], {k: mv[0] for k, mv in v.marginal.items()})
         yield gauge("marginal_energy_joules_per_token_stddev", "Standard deviation of the marginal energy.",
                     ["model_name", "token_class"], {k: mv[1] for k, mv in v.marginal.items()})
+        yield gauge("marginal_energy_joules", "Fitted marginal energy per unit of each cost driver: a computed input token, "
+                    "an output token's own FLOPs, an engine step (weight stream), a context token's KV read.",
+                    ["model_name", "driver"], {(m, d): value for m in models for d, (value, _) in v.coefficients.items()})
+        yield gauge("marginal_energy_joules_stddev", "Standard deviation of the fitted marginal energy per driver.",
+                    ["model_name", "driver"], {(m, d): sd for m in models for d, (_, sd) in v.coefficients.items()})
+        if v.residual_ratio is not None:
+            yield gauge("attribution_residual_ratio", "Recent mean of |measured - fitted| / measured dynamic energy per window.",
+                        ["model_name"], {m: v.residual_ratio for m in models})
         yield gauge("idle_power_watts", "Idle power of the server's GPUs together, as now estimated.", ["model_name"],
                     {m: v.idle_watts for m in models})
         yield gauge("idle_power_measured", "1 once the idle power comes from measured idle intervals, 0 while it is the prior.",

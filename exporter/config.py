@@ -33,6 +33,11 @@ class StepCostPolicy(StrEnum):
     TOKENS = "tokens"  # shared by every token the step computed
 
 
+class Estimator(StrEnum):
+    FITTED = "fitted"  # Kalman fit of marginal costs, shrunk to the roofline prior
+    PRIOR = "prior"  # the roofline prior (or explicit weights) as they are
+
+
 class LogFormat(StrEnum):
     JSON = "json"
     CONSOLE = "console"
@@ -76,6 +81,11 @@ class Settings(BaseSettings):
     step_overhead_seconds: float = Field(0.002, ge=0, le=1, description="Fixed time of one engine step, at idle power.")
     static_power_policy: StaticPowerPolicy = Field(StaticPowerPolicy.OCCUPANCY, description="occupancy or idle.")
     step_cost_policy: StepCostPolicy = Field(StepCostPolicy.OUTPUT, description="output or tokens.")
+    estimator: Estimator = Field(Estimator.FITTED, description="fitted or prior: how marginal costs are found.")
+    fit_window_seconds: float = Field(30.0, ge=1, le=3600, description="Seconds of work gathered before one estimator update.")
+    prior_reversion_seconds: float = Field(3600.0, ge=60, description="Time constant of the estimator's pull back to the prior.")
+    measurement_noise: float = Field(0.05, gt=0, le=1, description="Relative noise of one window's measured energy.")
+    identified_ratio: float = Field(0.5, gt=0, le=1, description="Posterior/prior uncertainty below which input and output count as identified.")
     idle_window: int = Field(120, ge=3, le=100_000, description="Idle intervals in the idle-power median.")
     idle_min_samples: int = Field(5, ge=1, description="Idle intervals needed before the median replaces the prior.")
     prior_relative_stddev: float = Field(0.5, gt=0, le=10, description="Relative uncertainty of the roofline prior.")

@@ -34,6 +34,8 @@ class LedgerView:
     idle_watts: float = 0.0
     idle_measured: bool = False
     identified: bool = False
+    residual_ratio: float | None = None
+    coefficients: dict = field(default_factory=dict)
     models: tuple = ()
     source_up: dict = field(default_factory=dict)
     source_errors: dict = field(default_factory=lambda: defaultdict(float))
@@ -91,6 +93,9 @@ class Ledger:
             _add(v.cost, result.costs)
             _add(v.emissions, result.emissions)
             v.marginal = dict(result.marginal)
+            v.coefficients = dict(result.coefficients)
+            v.identified = result.identified
+            v.residual_ratio = result.residual_ratio
             v.idle_watts = result.idle_watts
             v.idle_measured = idle_measured
             v.models = result.models

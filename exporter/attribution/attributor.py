@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from exporter.attribution.counters import CounterTracker
+from exporter.attribution.estimator import DRIVERS, MarginalCostEstimator
 from exporter.attribution.idle import IdlePowerEstimator
 from exporter.attribution.phase_model import modelled_energy
 from exporter.attribution.prior import Prior
@@ -40,6 +41,9 @@ class TickResult:
     models: tuple[str, ...] = ()
     idle_watts: float = 0.0
     marginal: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    coefficients: dict[str, tuple[float, float]] = field(default_factory=dict)  # per driver: (J per unit, stddev)
+    identified: bool = False
+    residual_ratio: float | None = None
 
 
 class Attributor:
@@ -51,6 +55,7 @@ class Attributor:
         gpu_count: int,
         policy: Policy = Policy(),
         limit_watts_total: float = float("inf"),
+        estimator: MarginalCostEstimator | None = None,
     ) -> None:
         self.prior = prior
         self.idle = idle
@@ -58,6 +63,7 @@ class Attributor:
         self.gpu_count = gpu_count
         self.policy = policy
         self.limit_watts_total = limit_watts_total
+        self.estimator = estimator  # None: the prior is the answer (a declared policy)
         self._work = WorkMeter()
         self._energy = CounterTracker()
         self._last_energy_time: float | None = None
@@ -93,7 +99,19 @@ class Attributor:
             self._account_energy(energy, vllm is not None, result)
         result.idle_watts = self.idle.watts
         result.marginal = self._marginal()
+        coefficients, stddevs = self._coefficients()
+        result.coefficients = {
+            name: (getattr(coefficients, name), getattr(stddevs, name)) for name in DRIVERS
+        }
+        if self.estimator is not None:
+            result.identified = self.estimator.identified
+            result.residual_ratio = self.estimator.residual_ratio if self.estimator.updates else None
         return result
+
+    def _coefficients(self):
+        if self.estimator is not None:
+            return self.estimator.coefficients, self.estimator.stddevs
+        return self.prior.energy, self.prior.energy.scaled(self.prior.relative_stddev)
 
     def _account_energy(self, energy: EnergySnapshot, vllm_known: bool, result: TickResult) -> None:
         previous_time = self._last_energy_time
@@ -141,11 +159,19 @@ class Attributor:
         if idle_interval and complete and not energy.modelled and seconds > 0:
             self.idle.observe(total, seconds)
 
+        if (self.estimator is not None and vllm_known and complete and not energy.modelled and seconds > 0
+                and not idle_interval):
+            combined = Work()
+            for piece in work.values():
+                combined.add(piece)
+            # Fitted on what was measured; the allocation below then uses the updated costs.
+            self.estimator.observe(total - self.idle.watts * seconds, seconds, combined)
+
         allocation = allocate(
             total,
             seconds,
             work,
-            self.prior.energy,
+            self._coefficients()[0],
             self.prior.time,
             self.prior.step_overhead_seconds,
             self.idle.watts,
@@ -162,16 +188,21 @@ class Attributor:
         self._pending_idle = True
 
     def _marginal(self) -> dict[tuple[str, str], tuple[float, float]]:
-        """Prior marginal energy per token; the per-step and KV costs are amortised over the
-        output tokens seen so far, since a step is paid once for the whole batch."""
-        e = self.prior.energy
+        """Marginal energy per token; the per-step and KV costs are amortised over the output
+        tokens seen so far, since a step is paid once for the whole batch."""
+        e, sd = self._coefficients()
         rel = self.prior.relative_stddev
         result = {}
         for model in self._models:
             totals = self._totals.get(model, Work())
-            output = e.output
-            if totals.output > 0:
-                output += (e.step * totals.steps + e.kv * totals.kv_context) / totals.output
-            for cls, value in ((INPUT, e.input), (CACHED_INPUT, e.cached_input), (OUTPUT, output)):
-                result[(model, cls)] = (value, value * rel)
+            if self.estimator is not None:
+                output = self.estimator.output_per_token(totals)
+            else:
+                value = e.output
+                if totals.output > 0:
+                    value += (e.step * totals.steps + e.kv * totals.kv_context) / totals.output
+                output = (value, value * rel)
+            result[(model, INPUT)] = (e.input, sd.input)
+            result[(model, CACHED_INPUT)] = (e.cached_input, sd.cached_input)
+            result[(model, OUTPUT)] = output
         return result

@@ -134,3 +134,23 @@ def test_marginal_output_cost_amortises_steps_over_output_tokens():
     value, sd = r.marginal[("m", "output")]
     assert value == pytest.approx(PRIOR.energy.output + PRIOR.energy.step / 64)
     assert sd == pytest.approx(0.5 * value)
+
+
+def test_with_the_estimator_the_split_still_conserves_and_the_fit_moves():
+    from exporter.attribution.estimator import EstimatorSettings, MarginalCostEstimator
+
+    est = MarginalCostEstimator(PRIOR.energy, EstimatorSettings(window_seconds=5))
+    a = Attributor(PRIOR, IdlePowerEstimator(75.0, 10, 3), Prices(4.0, 0.0, 1.0, 0.0), 1, Policy(),
+                   limit_watts_total=700.0, estimator=est)
+    a.tick(page(0), gpus(0, 0.0))
+    joules, prompt, gen, steps = 0.0, 0.0, 0.0, 0.0
+    for t in range(1, 200):
+        p, g, s = (t % 7) * 300.0, (t % 5) * 200.0 + 100, 50.0 + (t % 3) * 20
+        prompt, gen, steps = prompt + p, gen + g, steps + s
+        joules += 75.0 + 0.03 * p + 0.01 * g + 1.5 * s
+        r = a.tick(page(float(t), prompt=prompt, gen=gen, steps=steps, running=1), gpus(float(t), joules))
+        assert math.fsum(r.allocation.energy.values()) == pytest.approx(r.energy_joules, rel=1e-12)
+    assert est.updates > 10
+    assert set(r.coefficients) == {"input", "output", "step", "kv"}
+    assert r.coefficients["step"][0] != pytest.approx(PRIOR.energy.step, rel=0.01)
+    assert r.residual_ratio is not None
