@@ -79,8 +79,11 @@ def build(settings: Settings) -> App:
     )
     idle_watts = (settings.idle_watts or energy.gpu_spec.idle_watts) * energy.gpu_count
     limit_watts = max(settings.prefill_watts or 0.0, energy.gpu_spec.board_limit_watts) * energy.gpu_count
-    prices = Prices(settings.gpu_hourly_price, settings.electricity_price_per_kwh, settings.pue,
-                    settings.grid_carbon_intensity)
+    electricity = settings.electricity_price_per_kwh if settings.electricity_billing == "counted" else 0.0
+    if settings.electricity_billing == "excluded":
+        log.warning("electricity_not_counted", reason="a GPU rental price is set and usually includes power; "
+                    "set --electricity-with-rental true to add electricity on top")
+    prices = Prices(settings.gpu_hourly_price, electricity, settings.pue, settings.grid_carbon_intensity)
     attributor = Attributor(
         prior,
         IdlePowerEstimator(idle_watts, settings.idle_window, settings.idle_min_samples),
@@ -113,6 +116,7 @@ def build(settings: Settings) -> App:
         "model_spec": model.source,
         "prior": "explicit" if any(v is not None for v in explicit.values()) else "roofline",
         "estimator": settings.estimator.value,
+        "electricity": settings.electricity_billing,
         "static_power_policy": settings.static_power_policy.value,
         "step_cost_policy": settings.step_cost_policy.value,
         "currency": settings.currency,

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     electricity_price_per_kwh: float = Field(
         0.0, ge=0, description="Electricity price; leave 0 where the rental price already includes power."
     )
+    electricity_with_rental: bool = Field(
+        False, description="Count electricity on top of a GPU rental price (most rental prices include power)."
+    )
     pue: float = Field(1.0, ge=1, le=5, description="Data-centre power usage effectiveness.")
     grid_carbon_intensity: float = Field(0.0, ge=0, le=5000, description="Grams CO2e per kWh drawn from the grid.")
     log_format: LogFormat = Field(LogFormat.JSON, description="json or console.")
@@ -179,6 +182,15 @@ class Settings(BaseSettings):
         if self.model_dir is not None and not (self.model_dir / "config.json").is_file():
             raise ValueError(f"model_dir: no config.json in {self.model_dir}")
         return self
+
+    @property
+    def electricity_billing(self) -> str:
+        """counted, excluded (inside the rental price) or unpriced: a build_info label."""
+        if self.electricity_price_per_kwh <= 0:
+            return "unpriced"
+        if self.gpu_hourly_price > 0 and not self.electricity_with_rental:
+            return "excluded"
+        return "counted"
 
     @property
     def effective_vllm_timeout(self) -> float:

@@ -102,3 +102,12 @@ def test_version_and_help():
     help_text = run_cli("run", "--help").stdout
     for name in Settings.model_fields:
         assert "--" + name.replace("_", "-") in help_text
+
+
+def test_electricity_is_opt_in_when_a_rental_price_is_set():
+    assert Settings(electricity_price_per_kwh=0.2).electricity_billing == "counted"
+    assert Settings(electricity_price_per_kwh=0.2, gpu_hourly_price=3).electricity_billing == "excluded"
+    assert Settings(electricity_price_per_kwh=0.2, gpu_hourly_price=3,
+                    electricity_with_rental=True).electricity_billing == "counted"
+    assert Settings().electricity_billing == "unpriced"
+    assert main(["run", "--electricity-with-rental", "maybe"]) == 2
