@@ -66,19 +66,26 @@ class CollectionLoop:
             self._log.warning("counter_reset", source="energy", gpus=result.energy_resets)
         self._ledger.record_tick(self._clock() - started, self._wall(), ready=vllm is not None and energy is not None)
 
-    def _read_vllm(self) -> VllmSnapshot | None:
+    def _read(self, name: str, source) -> tuple[object | None, float]:
+        """One read, timed; a failure is counted, logged once per episode, and returned as None."""
         started = self._clock()
         try:
-            snapshot = self._vllm.read()
+            snapshot = source.read()
         except SourceError as err:
-            self._ledger.record_read("vllm", False, self._clock() - started, (err.reason,))
-            self._episodes["vllm"].failed(err.reason, err.detail)
-            return None
+            reason, detail = err.reason, err.detail
         except Exception as err:  # never let an unexpected library error escape the loop
-            self._ledger.record_read("vllm", False, self._clock() - started, ("internal",))
-            self._episodes["vllm"].failed("internal", repr(err))
+            reason, detail = "internal", repr(err)
+        else:
+            return snapshot, self._clock() - started
+        self._ledger.record_read(name, False, self._clock() - started, (reason,))
+        self._episodes[name].failed(reason, detail)
+        return None, 0.0
+
+    def _read_vllm(self) -> VllmSnapshot | None:
+        snapshot, seconds = self._read("vllm", self._vllm)
+        if snapshot is None:
             return None
-        self._ledger.record_read("vllm", True, self._clock() - started)
+        self._ledger.record_read("vllm", True, seconds)
         self._episodes["vllm"].succeeded()
         if snapshot.missing_families != self._missing_reported:
             if snapshot.missing_families:
@@ -88,16 +95,8 @@ class CollectionLoop:
         return snapshot
 
     def _read_energy(self) -> EnergySnapshot | None:
-        started = self._clock()
-        try:
-            snapshot = self._energy.read()
-        except SourceError as err:
-            self._ledger.record_read("energy", False, self._clock() - started, (err.reason,))
-            self._episodes["energy"].failed(err.reason, err.detail)
-            return None
-        except Exception as err:
-            self._ledger.record_read("energy", False, self._clock() - started, ("internal",))
-            self._episodes["energy"].failed("internal", repr(err))
+        snapshot, seconds = self._read("energy", self._energy)
+        if snapshot is None:
             return None
         reasons = tuple(gpu.error for gpu in snapshot.gpus if gpu.error)
         for gpu in snapshot.gpus:
@@ -106,7 +105,9 @@ class CollectionLoop:
                 episode.failed(gpu.error)
             else:
                 episode.succeeded()
-        self._ledger.record_read("energy", not reasons, self._clock() - started, reasons)
+        self._ledger.record_read("energy", not reasons, seconds, reasons)
+        if not reasons:
+            self._episodes["energy"].succeeded()
         return snapshot
 
     def run(self, stop: threading.Event) -> None:
