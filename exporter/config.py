@@ -202,22 +202,12 @@ class Settings(BaseSettings):
 
     @property
     def gpu_selection(self) -> tuple[str, ...] | None:
-        """The GPUs asked for, explicitly or through the CUDA/NVIDIA variables; None: all."""
-        if self.gpus is not None:
-            return parse_gpu_list(self.gpus)
-        for var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
-            raw = os.environ.get(var)
-            if raw is None or raw.strip() == "":
-                continue
-            if raw.strip().lower() in ("all",):
-                return None
-            if raw.strip().lower() in ("none", "void", "-1"):
-                return ()
-            try:
-                return parse_gpu_list(raw)
-            except ValueError:
-                continue
-        return None
+        """The GPUs asked for, explicitly or through this process's CUDA/NVIDIA variables; None:
+        all. The energy source refines this with the vLLM process's own variables
+        (exporter.sources.gpu_discovery), which this property does not read."""
+        from exporter.sources.gpu_discovery import resolve_gpu_selection
+
+        return resolve_gpu_selection(self.gpus, os.environ, lambda: None, discover=False).gpus
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
