@@ -1,0 +1,427 @@
+"""The Token Economy overview dashboard, as code (grafana-foundation-sdk ~= 0.0.21).
+
+Every query reads the exporter's raw series with `$__rate_interval`, so the dashboard works
+whether or not the recording rules of deploy/prometheus/ are loaded; the formulas are the same as
+the rules' (allocated and fully loaded cost per million tokens, idle shares: see the definitions
+at the top of deploy/prometheus/token-economy.rules.yml).
+
+Generate the JSON with `python -m grafana.generate`; a unit test fails when the committed JSON
+differs from what this module builds.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+with warnings.catch_warnings():
+    # The classic Dashboard builder warns, at import, that a v2 schema exists. The classic JSON is
+    # what Grafana 9-12 and the kube-prometheus-stack dashboard sidecar load, so we keep it.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from grafana_foundation_sdk.builders import common as common_builder
+    from grafana_foundation_sdk.builders import dashboard as dash
+    from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.models import common, dashboard as dash_model
+
+UID = "token-economy-overview"
+TITLE = "Token Economy / Overview"
+
+DATASOURCE = common.DataSourceRef(type_val="prometheus", uid="${datasource}")
+
+# Label filters. Series with a model_name label take both; per-process series (GPU power,
+# sources, ticks) have no model_name and take the instance filter only.
+BY_MODEL = 'model_name=~"$model_name", instance=~"$instance"'
+BY_INSTANCE = 'instance=~"$instance"'
+RI = "$__rate_interval"
+NOT_IDLE = f'token_class!="idle", {BY_MODEL}'
+ONLY_IDLE = f'token_class="idle", {BY_MODEL}'
+
+# Units. Grafana has no token or currency-per-token unit: custom suffix units say what it is;
+# the currency is the `currency` label, shown in every cost legend.
+COST_PER_MTOK = "suffix: /Mtok"
+TOKENS_PER_S = "suffix: tok/s"
+
+
+def _rate(metric: str, selector: str, by: str) -> str:
+    return f"sum by ({by}) (rate({metric}{{{selector}}}[{RI}]))"
+
+
+def cost_per_million_allocated(classes: str = "input|cached_input|output", by: str = "model_name") -> str:
+    """1e6 x class cost / class tokens (token classes only, idle excluded), per currency."""
+    sel = f'token_class=~"{classes}", {BY_MODEL}'
+    return (
+        f"1e6 * {_rate('token_economy_cost_total', sel, f'{by}, token_class, currency')}\n"
+        f"  / ignoring (currency) group_left ()\n"
+        f"({_rate('token_economy_tokens_total', sel, f'{by}, token_class')} > 0)"
+    )
+
+
+def cost_per_million_fully_loaded() -> str:
+    """Allocated x (total cost / non-idle cost): idle spread over classes in proportion to cost."""
+    return (
+        f"(\n{cost_per_million_allocated()}\n)\n"
+        f"  * ignoring (token_class) group_left ()\n"
+        f"(\n"
+        f"    {_rate('token_economy_cost_total', BY_MODEL, 'model_name, currency')}\n"
+        f"  / ({_rate('token_economy_cost_total', NOT_IDLE, 'model_name, currency')} > 0)\n"
+        f")"
+    )
+
+
+def energy_per_token(classes: str = "input|cached_input|output", by: str = "model_name") -> str:
+    sel = f'token_class=~"{classes}", {BY_MODEL}'
+    return (
+        f"{_rate('token_economy_energy_joules_total', sel, f'{by}, token_class')}\n"
+        f"  / ({_rate('token_economy_tokens_total', sel, f'{by}, token_class')} > 0)"
+    )
+
+
+def idle_share(metric: str, by: str) -> str:
+    return (
+        f"{_rate(metric, ONLY_IDLE, by)}\n"
+        f"  / ({_rate(metric, BY_MODEL, by)} > 0)"
+    )
+
+
+# -- builders ----------------------------------------------------------------------------------
+
+
+def query(ref_id: str, expr: str, legend: str) -> prometheus.Dataquery:
+    return (
+        prometheus.Dataquery()
+        .datasource(DATASOURCE)
+        .ref_id(ref_id)
+        .expr(expr)
+        .legend_format(legend)
+        .range()
+    )
+
+
+def legend() -> common_builder.VizLegendOptions:
+    return (
+        common_builder.VizLegendOptions()
+        .show_legend(True)
+        .display_mode(common.LegendDisplayMode.TABLE)
+        .placement(common.LegendPlacement.BOTTOM)
+        .calcs(["lastNotNull", "mean", "max"])
+    )
+
+
+def series(title: str, description: str, unit: str, *queries: prometheus.Dataquery,
+           width: int = 12, height: int = 8, stacked: bool = False, log_scale: bool = False,
+           decimals: int | None = None) -> timeseries.Panel:
+    panel = (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .span(width)
+        .height(height)
+        .legend(legend())
+        .tooltip(common_builder.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI).sort(common.SortOrder.DESCENDING))
+        .line_width(1)
+        .fill_opacity(40 if stacked else 10)
+        .show_points(common.VisibilityMode.NEVER)
+        .span_nulls(False)
+    )
+    if stacked:
+        panel = panel.stacking(common_builder.StackingConfig().mode(common.StackingMode.NORMAL))
+    if log_scale:
+        panel = panel.scale_distribution(common_builder.ScaleDistributionConfig().type(common.ScaleDistribution.LOG).log(10))
+    if decimals is not None:
+        panel = panel.decimals(decimals)
+    for q in queries:
+        panel = panel.with_target(q)
+    return panel
+
+
+def single(title: str, description: str, unit: str, *queries: prometheus.Dataquery,
+           width: int = 6, height: int = 4, mappings: list | None = None,
+           thresholds: list[tuple[float | None, str]] | None = None) -> stat.Panel:
+    panel = (
+        stat.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .span(width)
+        .height(height)
+        .graph_mode(common.BigValueGraphMode.AREA)
+        .color_mode(common.BigValueColorMode.VALUE)
+        .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
+        .reduce_options(common_builder.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+    )
+    if mappings:
+        panel = panel.mappings(mappings)
+    steps = thresholds or [(None, "green")]
+    panel = panel.thresholds(
+        dash.ThresholdsConfig()
+        .mode(dash_model.ThresholdsMode.ABSOLUTE)
+        .steps([dash_model.Threshold(value=v, color=c) for v, c in steps])
+    )
+    for q in queries:
+        panel = panel.with_target(q)
+    return panel
+
+
+def dashed(panel: timeseries.Panel, regexp: str) -> timeseries.Panel:
+    """Draw the series whose display name matches `regexp` as dashed lines without fill."""
+    return panel.override_by_regexp(regexp, [
+        dash_model.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
+        dash_model.DynamicConfigValue(id_val="custom.fillOpacity", value=0),
+    ])
+
+
+UP_DOWN = [dash_model.ValueMap(options={
+    "0": dash_model.ValueMappingResult(text="DOWN", color="red", index=0),
+    "1": dash_model.ValueMappingResult(text="UP", color="green", index=1),
+})]
+YES_NO = [dash_model.ValueMap(options={
+    "0": dash_model.ValueMappingResult(text="no", color="orange", index=0),
+    "1": dash_model.ValueMappingResult(text="yes", color="green", index=1),
+})]
+
+
+# -- the dashboard -----------------------------------------------------------------------------
+
+
+def cost_row() -> dash.Row:
+    out_cost = cost_per_million_allocated("output")
+    in_cost = cost_per_million_allocated("input")
+    ratio = (
+        f"(\n{energy_per_token('output')}\n)\n"
+        f"  / ignoring (token_class)\n"
+        f"(\n{energy_per_token('input')}\n)"
+    )
+    return (
+        dash.Row("Cost per token")
+        .with_panel(single(
+            "Output tokens: cost per million", "Allocated cost (rental + electricity of the GPU time and energy "
+            "spent decoding) per million output tokens, idle excluded. Currency in the series name.",
+            COST_PER_MTOK, query("A", out_cost, "{{model_name}} ({{currency}})")))
+        .with_panel(single(
+            "Input tokens: cost per million", "Allocated cost per million computed prompt tokens (prefix-cache "
+            "hits excluded), idle excluded.",
+            COST_PER_MTOK, query("A", in_cost, "{{model_name}} ({{currency}})")))
+        .with_panel(single(
+            "Output vs input energy per token", "How many times more energy an output token takes than a "
+            "computed input token (allocated J per token, output / input).",
+            "suffix:×", query("A", ratio, "{{model_name}}")))
+        .with_panel(single(
+            "Idle share of cost", "Share of the cost paid for GPU time that served no token.",
+            "percentunit", query("A", idle_share("token_economy_cost_total", "model_name, currency"),
+                                 "{{model_name}} ({{currency}})"),
+            thresholds=[(None, "green"), (0.5, "orange"), (0.8, "red")]))
+        .with_panel(series(
+            "Cost per million tokens: input vs cached input vs output (allocated)",
+            "Each class's own cost (rental and electricity of the GPU time and energy attributed to it) "
+            "over its tokens. Idle is not included: see the fully loaded panel.",
+            COST_PER_MTOK,
+            query("A", cost_per_million_allocated(), "{{model_name}} {{token_class}} ({{currency}})"),
+            log_scale=True))
+        .with_panel(series(
+            "Cost per million tokens: fully loaded (idle spread over tokens)",
+            "Allocated cost x (total cost / non-idle cost): the idle cost is spread over the token classes "
+            "in proportion to the cost each already carries, so all tokens together pay the whole bill.",
+            COST_PER_MTOK,
+            query("A", cost_per_million_fully_loaded(), "{{model_name}} {{token_class}} ({{currency}})"),
+            log_scale=True))
+        .with_panel(series(
+            "Idle share of cost and energy",
+            "Share of the cost, and of the GPU energy, that served no token (idle / total).",
+            "percentunit",
+            query("A", idle_share("token_economy_cost_total", "model_name, currency"), "{{model_name}} cost ({{currency}})"),
+            query("B", idle_share("token_economy_energy_joules_total", "model_name"), "{{model_name}} energy"),
+            width=24, height=7))
+    )
+
+
+def energy_row() -> dash.Row:
+    marginal = f"token_economy_marginal_energy_joules_per_token{{{BY_MODEL}}}"
+    marginal_sd = f"token_economy_marginal_energy_joules_per_token_stddev{{{BY_MODEL}}}"
+    driver = f"token_economy_marginal_energy_joules{{{BY_MODEL}}}"
+    driver_sd = f"token_economy_marginal_energy_joules_stddev{{{BY_MODEL}}}"
+    return (
+        dash.Row("Energy")
+        .with_panel(series(
+            "Energy per token (allocated)",
+            "Energy attributed to each class over its tokens.",
+            "joule",
+            query("A", energy_per_token(), "{{model_name}} {{token_class}}"),
+            log_scale=True))
+        .with_panel(series(
+            "Energy split over time (power by class)",
+            "Average power attributed to each class, idle included; the stack is the GPUs' total power.",
+            "watt",
+            query("A", _rate("token_economy_energy_joules_total", BY_MODEL, "model_name, token_class"),
+                  "{{model_name}} {{token_class}}"),
+            stacked=True))
+        .with_panel(dashed(series(
+            "GPU power",
+            "Latest power of each GPU (modelled when build_info energy_source is phase-model), and the "
+            "exporter's idle-power estimate for the server's GPUs (dashed).",
+            "watt",
+            query("A", f"token_economy_gpu_power_watts{{{BY_INSTANCE}}}", "{{instance}} GPU {{gpu}} {{gpu_name}}"),
+            query("B", f"token_economy_idle_power_watts{{{BY_MODEL}}}", "{{instance}} {{model_name}} idle estimate"),
+        ), ".*idle estimate$"))
+        .with_panel(series(
+            "Estimated GPU occupancy",
+            "Estimated GPU time spent on tokens over wall time covered by attribution (roofline occupancy).",
+            "percentunit",
+            query("A", (
+                f"sum by (instance, model_name) (rate(token_economy_busy_seconds_total{{{BY_MODEL}}}[{RI}]))\n"
+                f"  / on (instance) group_left ()\n"
+                f"(sum by (instance) (rate(token_economy_attributed_seconds_total{{{BY_INSTANCE}}}[{RI}])) > 0)"
+            ), "{{instance}} {{model_name}}")))
+        .with_panel(dashed(series(
+            "Marginal energy per token (value ± 1σ)",
+            "Marginal energy of one more token of each class (output includes its share of the per-step "
+            "weight stream), with its standard deviation: fitted where the data allow, else the prior.",
+            "joule",
+            query("A", marginal, "{{model_name}} {{token_class}} @ {{instance}}"),
+            query("B", f"{marginal} + {marginal_sd}", "{{model_name}} {{token_class}} @ {{instance}} +1σ"),
+            query("C", f"clamp_min({marginal} - {marginal_sd}, 0)", "{{model_name}} {{token_class}} @ {{instance}} -1σ"),
+            log_scale=True), ".*[+-]1σ$"))
+        .with_panel(dashed(series(
+            "Fitted marginal energy per cost driver (value ± 1σ)",
+            "The estimator's coefficients: a computed input token, an output token's own FLOPs, an engine "
+            "step (the weight stream), a context token's KV read.",
+            "joule",
+            query("A", driver, "{{model_name}} {{driver}} @ {{instance}}"),
+            query("B", f"{driver} + {driver_sd}", "{{model_name}} {{driver}} @ {{instance}} +1σ"),
+            query("C", f"clamp_min({driver} - {driver_sd}, 0)", "{{model_name}} {{driver}} @ {{instance}} -1σ"),
+            log_scale=True), ".*[+-]1σ$"))
+        # token_economy_attribution_residual_ratio is left out: it is absent until the first fit,
+        # and never fitted from modelled energy (energy_source="phase-model"), so a panel of it
+        # would be empty on every machine without a GPU.
+        .with_panel(single(
+            "Attribution identified", "yes: the data separate input from output cost; no: the split still "
+            "leans on the roofline prior.",
+            "none", query("A", f"token_economy_attribution_identified{{{BY_MODEL}}}", "{{model_name}} @ {{instance}}"),
+            mappings=YES_NO, width=12, height=5))
+        .with_panel(single(
+            "Idle power measured", "yes: the idle power comes from measured idle intervals; no: it is the "
+            "GPU table's figure.",
+            "none", query("A", f"token_economy_idle_power_measured{{{BY_MODEL}}}", "{{model_name}} @ {{instance}}"),
+            mappings=YES_NO, width=12, height=5))
+    )
+
+
+def traffic_row() -> dash.Row:
+    return (
+        dash.Row("Traffic")
+        .with_panel(series(
+            "Tokens per second",
+            "Tokens seen by vLLM, by class: input (computed), cached_input (prefix-cache hits), output.",
+            TOKENS_PER_S,
+            query("A", _rate("token_economy_tokens_total", BY_MODEL, "model_name, token_class"),
+                  "{{model_name}} {{token_class}}"),
+            width=24, height=7))
+    )
+
+
+def health_row() -> dash.Row:
+    errors = (
+        f"sum by (instance, source, reason) (rate(token_economy_source_errors_total{{{BY_INSTANCE}}}[{RI}]))\n"
+        f"  or on (instance, source)\n"
+        f"0 * sum by (instance, source) (token_economy_source_up{{{BY_INSTANCE}}})"
+    )
+    return (
+        dash.Row("Source health")
+        .with_panel(single(
+            "Sources up", "Whether the last read of each source (vllm, energy) succeeded.",
+            "none", query("A", f"token_economy_source_up{{{BY_INSTANCE}}}", "{{instance}} {{source}}"),
+            mappings=UP_DOWN, thresholds=[(None, "red"), (1, "green")], width=8, height=7))
+        .with_panel(series(
+            "Source read errors",
+            "Failed reads per second by source and cause; 0 for a source that has never failed.",
+            "cps",
+            query("A", errors, "{{instance}} {{source}} {{reason}}"),
+            width=8, height=7))
+        .with_panel(series(
+            "Counter resets",
+            "Restarts detected per interval (a vLLM restart, a driver reload): totals restart with them.",
+            "short",
+            query("A", f"sum by (instance, source) (increase(token_economy_counter_resets_total{{{BY_INSTANCE}}}[{RI}]))",
+                  "{{instance}} {{source}}"),
+            width=8, height=7, decimals=0))
+        .with_panel(series(
+            "Source read duration",
+            "Mean time spent reading each source per tick.",
+            "s",
+            query("A", (
+                f"sum by (instance, source) (rate(token_economy_source_read_duration_seconds_sum{{{BY_INSTANCE}}}[{RI}]))\n"
+                f"  / (sum by (instance, source) (rate(token_economy_source_read_duration_seconds_count{{{BY_INSTANCE}}}[{RI}])) > 0)"
+            ), "{{instance}} {{source}}"),
+            width=12, height=7))
+        .with_panel(series(
+            "Time since the last tick",
+            "Seconds since the exporter last completed a collection tick; grows when its loop is stuck.",
+            "s",
+            query("A", f"time() - token_economy_last_tick_timestamp_seconds{{{BY_INSTANCE}}}", "{{instance}}"),
+            width=12, height=7))
+    )
+
+
+def variables() -> list:
+    return [
+        dash.DatasourceVariable("datasource").label("Data source").type("prometheus"),
+        dash.QueryVariable("model_name")
+        .label("Model")
+        .datasource(DATASOURCE)
+        .query("label_values(token_economy_tokens_total, model_name)")
+        .definition("label_values(token_economy_tokens_total, model_name)")
+        .refresh(dash_model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dash_model.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .current(dash_model.VariableOption(selected=True, text="All", value="$__all")),
+        dash.QueryVariable("instance")
+        .label("Instance")
+        .datasource(DATASOURCE)
+        .query("label_values(token_economy_build_info, instance)")
+        .definition("label_values(token_economy_build_info, instance)")
+        .refresh(dash_model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dash_model.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .current(dash_model.VariableOption(selected=True, text="All", value="$__all")),
+    ]
+
+
+def build() -> dash_model.Dashboard:
+    builder = (
+        dash.Dashboard(TITLE)
+        .uid(UID)
+        .description("What input, cached input and output tokens cost in joules and money, how much "
+                     "is idle, and whether the exporter's sources are healthy.")
+        .tags(["token-economy", "vllm", "cost", "energy"])
+        .editable()
+        .tooltip(dash_model.DashboardCursorSync.CROSSHAIR)
+        .refresh("30s")
+        .time("now-3h", "now")
+        .timezone("browser")
+        .variables(variables())
+        .with_row(cost_row())
+        .with_row(energy_row())
+        .with_row(traffic_row())
+        .with_row(health_row())
+    )
+    board = builder.build()
+    # The SDK nests a row's panels inside the row and marks the row collapsed (Grafana keeps nested
+    # panels only in a collapsed row). We want every row open: an open row is followed by its
+    # panels at the top level. Flatten, and give every panel a stable id in layout order (Grafana
+    # needs unique ids; the SDK leaves them unset).
+    flat: list = []
+    for panel in board.panels or []:
+        flat.append(panel)
+        if isinstance(panel, dash_model.RowPanel):
+            flat.extend(panel.panels or [])
+            panel.panels = []
+            panel.collapsed = False
+    for number, panel in enumerate(flat, start=1):
+        panel.id_val = number
+    board.panels = flat
+    return board

@@ -1,0 +1,112 @@
+"""The committed dashboard JSON is exactly what grafana/*.py builds, and it is well formed:
+units on every panel, legends shown, refIds set, every query filtered by the template variables.
+
+(That every query returns data from a real Prometheus scraping a real exporter is proven in
+tests/integration/test_dashboards_live.py.)"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grafana import generate
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OVERVIEW = REPO_ROOT / "grafana" / "dashboards" / "token-economy-overview.json"
+
+# Exporter metrics that carry a model_name label (the others are per process: GPUs, sources, ticks).
+MODEL_METRICS = {
+    "token_economy_tokens_total", "token_economy_engine_steps_total", "token_economy_energy_joules_total",
+    "token_economy_busy_seconds_total", "token_economy_cost_total", "token_economy_emissions_grams_total",
+    "token_economy_marginal_energy_joules_per_token", "token_economy_marginal_energy_joules_per_token_stddev",
+    "token_economy_marginal_energy_joules", "token_economy_marginal_energy_joules_stddev",
+    "token_economy_attribution_residual_ratio", "token_economy_idle_power_watts",
+    "token_economy_idle_power_measured", "token_economy_attribution_identified",
+}
+SELECTOR = re.compile(r"\b(token_economy_[a-z_]+)(\{[^}]*\})?")
+
+
+def dashboards() -> list[tuple[str, dict]]:
+    return [(path.name, json.loads(path.read_text())) for path in sorted((REPO_ROOT / "grafana" / "dashboards").glob("*.json"))]
+
+
+def panels(board: dict) -> list[dict]:
+    return [p for p in board["panels"] if p["type"] != "row"]
+
+
+def test_committed_json_is_what_the_code_builds():
+    diffs = generate.drift()
+    assert not diffs, "run `python -m grafana.generate` and commit the result:\n" + "\n".join(diffs)
+
+
+def test_drift_check_notices_a_changed_file(tmp_path, monkeypatch):
+    """The drift check can fail: a committed file that differs by one character is reported."""
+    copy = tmp_path / OVERVIEW.name
+    copy.write_text(OVERVIEW.read_text().replace('"refresh": "30s"', '"refresh": "1m"', 1))
+    monkeypatch.setattr(generate, "DASHBOARD_DIR", tmp_path)
+    diffs = generate.drift()
+    assert len(diffs) == 1 and '-  "refresh": "1m"' in diffs[0] and '+  "refresh": "30s"' in diffs[0]
+
+
+def test_check_command_exits_0_when_in_sync():
+    result = subprocess.run([sys.executable, "-m", "grafana.generate", "--check"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_dashboard_file_comes_from_the_code():
+    assert sorted(name for name, _ in dashboards()) == sorted(generate.DASHBOARDS)
+
+
+@pytest.mark.parametrize(("name", "board"), dashboards())
+def test_panels_have_units_legends_refids_and_datasources(name, board):
+    assert panels(board), name
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids {ids}"
+    for panel in panels(board):
+        where = f"{name}: panel {panel['id']} {panel['title']!r}"
+        assert panel["fieldConfig"]["defaults"].get("unit"), f"{where} has no unit"
+        assert panel.get("description"), f"{where} has no description"
+        assert panel["targets"], f"{where} has no query"
+        ref_ids = [t.get("refId") for t in panel["targets"]]
+        assert all(ref_ids) and len(set(ref_ids)) == len(ref_ids), f"{where}: refIds {ref_ids}"
+        for target in panel["targets"]:
+            assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
+            assert target["expr"].strip() and target.get("legendFormat"), where
+        if panel["type"] == "timeseries":
+            assert panel["options"]["legend"]["showLegend"] is True, f"{where}: legend hidden"
+    rows = [p for p in board["panels"] if p["type"] == "row"]
+    assert all(p["collapsed"] is False and p["panels"] == [] for p in rows), f"{name}: rows must be open and flat"
+
+
+@pytest.mark.parametrize(("name", "board"), dashboards())
+def test_every_selector_is_filtered_by_the_template_variables(name, board):
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    for var in ("model_name", "instance"):
+        assert variables[var]["includeAll"] and variables[var]["allValue"] == ".*" and variables[var]["multi"]
+    assert variables["datasource"]["query"] == "prometheus"
+    for panel in panels(board):
+        for target in panel["targets"]:
+            for metric, labels in SELECTOR.findall(target["expr"]):
+                where = f"{name}: panel {panel['title']!r} {target['refId']} {metric}"
+                assert labels, f"{where}: unfiltered selector"
+                assert 'instance=~"$instance"' in labels, where
+                if metric in MODEL_METRICS:
+                    assert 'model_name=~"$model_name"' in labels, where
+
+
+def test_overview_covers_what_the_issue_asks_for():
+    board = json.loads(OVERVIEW.read_text())
+    titles = " | ".join(p["title"] for p in panels(board))
+    for wanted in ("input vs cached input vs output", "Energy per token", "Energy split", "Idle share",
+                   "GPU power", "Tokens per second", "Marginal energy per token (value ± 1σ)",
+                   "Sources up", "Source read errors", "Counter resets"):
+        assert wanted in titles, wanted
+    exprs = " ".join(t["expr"] for p in panels(board) for t in p["targets"])
+    assert "token_economy_marginal_energy_joules_per_token_stddev" in exprs
+    assert "fully loaded" in titles
