@@ -20,7 +20,9 @@ from exporter.loop import CollectionLoop
 from exporter.model_spec import resolve as resolve_model
 from exporter.pricing import Prices
 from exporter.server import HttpServer, MetricsCache, Routes
-from exporter.sources.energy import EnergySourceError, open_energy_source
+from exporter.gpu_table import GpuSpec
+from exporter.model_spec import ModelSpec
+from exporter.sources.energy import EnergySetup, EnergySourceError, open_energy_source
 from exporter.sources.vllm import VllmSource
 
 EXPLICIT_WEIGHTS = ("input_joules_per_token", "cached_input_joules_per_token", "output_joules_per_token",
@@ -37,6 +39,8 @@ class App:
     server: HttpServer
     closers: list
     log: object
+    ledger: Ledger
+    attributor: Attributor
 
     def run(self, stop: threading.Event) -> None:
         # The tick thread must not hold the GIL for CPython's default 5 ms while a scrape waits.
@@ -52,21 +56,12 @@ class App:
             self.log.info("stopped")
 
 
-def build(settings: Settings) -> App:
-    logging_setup.configure(settings.log_format.value, settings.log_level)
-    log = logging_setup.get_logger()
-    try:
-        energy = open_energy_source(settings, log=log)
-    except EnergySourceError as err:
-        raise StartupError(str(err)) from None
-    if energy.fallback_reason:
-        log.warning("energy_source_fallback", mode=energy.mode, reason=energy.fallback_reason)
-
-    model = resolve_model(settings.model_dir, settings.model_params, settings.bytes_per_param)
+def make_attributor(settings: Settings, gpu: GpuSpec, gpu_count: int, model: ModelSpec, log=None) -> Attributor:
+    """The core as the settings declare it: roofline prior, idle estimate, prices, policies, estimator."""
     explicit = {name: getattr(settings, name) for name in EXPLICIT_WEIGHTS}
     prior = roofline_prior(
-        energy.gpu_spec,
-        energy.gpu_count,
+        gpu,
+        gpu_count,
         model,
         compute_efficiency=settings.compute_efficiency,
         bandwidth_efficiency=settings.bandwidth_efficiency,
@@ -77,24 +72,16 @@ def build(settings: Settings) -> App:
         decode_watts=settings.decode_watts,
         explicit=explicit,
     )
-    idle_watts = (settings.idle_watts or energy.gpu_spec.idle_watts) * energy.gpu_count
-    limit_watts = max(settings.prefill_watts or 0.0, energy.gpu_spec.board_limit_watts) * energy.gpu_count
+    idle_watts = (settings.idle_watts or gpu.idle_watts) * gpu_count
+    limit_watts = max(settings.prefill_watts or 0.0, gpu.board_limit_watts) * gpu_count
     electricity = settings.electricity_price_per_kwh if settings.electricity_billing == "counted" else 0.0
-    if settings.electricity_billing == "excluded":
+    if settings.electricity_billing == "excluded" and log is not None:
         log.warning("electricity_not_counted", reason="a GPU rental price is set and usually includes power; "
                     "set --electricity-with-rental true to add electricity on top")
     prices = Prices(settings.gpu_hourly_price, electricity, settings.pue, settings.grid_carbon_intensity)
-    attributor = Attributor(
-        prior,
-        IdlePowerEstimator(idle_watts, settings.idle_window, settings.idle_min_samples),
-        prices,
-        energy.gpu_count,
-        Policy(
-            static_by_occupancy=settings.static_power_policy is StaticPowerPolicy.OCCUPANCY,
-            step_on_output=settings.step_cost_policy is StepCostPolicy.OUTPUT,
-        ),
-        limit_watts_total=limit_watts,
-        estimator=MarginalCostEstimator(
+    estimator = None
+    if settings.estimator is Estimator.FITTED:
+        estimator = MarginalCostEstimator(
             prior.energy,
             EstimatorSettings(
                 window_seconds=settings.fit_window_seconds,
@@ -103,12 +90,42 @@ def build(settings: Settings) -> App:
                 prior_relative_stddev=settings.prior_relative_stddev,
                 identified_ratio=settings.identified_ratio,
             ),
-        ) if settings.estimator is Estimator.FITTED else None,
+        )
+    if log is not None:
+        log.info("attribution_prior", gpu=gpu.key, gpus=gpu_count, model_params=model.active_params,
+                 model_spec=model.source, joules_per_input_token=prior.energy.input,
+                 joules_per_output_token=prior.energy.output, joules_per_step=prior.energy.step)
+    return Attributor(
+        prior,
+        IdlePowerEstimator(idle_watts, settings.idle_window, settings.idle_min_samples),
+        prices,
+        gpu_count,
+        Policy(
+            static_by_occupancy=settings.static_power_policy is StaticPowerPolicy.OCCUPANCY,
+            step_on_output=settings.step_cost_policy is StepCostPolicy.OUTPUT,
+        ),
+        limit_watts_total=limit_watts,
+        estimator=estimator,
     )
-    log.info("attribution_prior", gpu=energy.gpu_spec.key, gpus=energy.gpu_count, model_params=model.active_params,
-             model_spec=model.source, joules_per_input_token=prior.energy.input,
-             joules_per_output_token=prior.energy.output, joules_per_step=prior.energy.step)
 
+
+def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpec | None = None,
+          energy_label: str | None = None) -> App:
+    """`energy` and `model` replace what the settings would open (the simulator passes its own)."""
+    logging_setup.configure(settings.log_format.value, settings.log_level)
+    log = logging_setup.get_logger()
+    if energy is None:
+        try:
+            energy = open_energy_source(settings, log=log)
+        except EnergySourceError as err:
+            raise StartupError(str(err)) from None
+    if energy.fallback_reason:
+        log.warning("energy_source_fallback", mode=energy.mode, reason=energy.fallback_reason)
+
+    if model is None:
+        model = resolve_model(settings.model_dir, settings.model_params, settings.bytes_per_param)
+    attributor = make_attributor(settings, energy.gpu_spec, energy.gpu_count, model, log)
+    explicit = {name: getattr(settings, name) for name in EXPLICIT_WEIGHTS}
     build_labels = {
         "version": __version__,
         "energy_source": energy.mode,
@@ -142,4 +159,4 @@ def build(settings: Settings) -> App:
                       settings.vllm_max_response_bytes)
     loop = CollectionLoop(vllm, energy.source, attributor, ledger, log, settings.interval)
     closers = [vllm.close] + ([energy.source.close] if hasattr(energy.source, "close") else [])
-    return App(loop, server, closers, log)
+    return App(loop, server, closers, log, ledger, attributor)
