@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help=f"{field.description} [{env_name(name)}; default: {getattr(default, 'value', default)}]",
         )
+    simulate = commands.add_parser(
+        "simulate", help="run a simulated vLLM server and GPU, and the exporter on them (no GPU needed)",
+        description="A simulated vLLM engine and GPU behind a local endpoint, the exporter scraping it, and a live "
+                    "summary of what it attributes next to the simulator's ground truth.")
+    from exporter.simulate import add_arguments
+
+    add_arguments(simulate)
     return parser
 
 
@@ -47,6 +54,10 @@ def _fail(lines: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "simulate":
+        from exporter.simulate import run as simulate
+
+        return simulate(args)
     values = {name: getattr(args, name) for name in Settings.model_fields}
     if args.config:
         if not os.path.isfile(args.config):

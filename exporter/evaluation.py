@@ -1,0 +1,151 @@
+"""How close the attribution comes to the truth: the real core driven by the simulator's sources
+on a virtual clock, compared with the simulator's oracle and with two simpler accountings
+computed on the same trace:
+
+- `all_to_output`: every joule charged to output tokens (how per-output-token energy
+  leaderboards and meters count);
+- `request_time`: energy split by summed per-request prefill vs decode wall time, as vLLM's
+  `request_prefill_time_seconds` / `request_decode_time_seconds` would give (how request-time
+  cost allocators split).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+from exporter.attribution.split import CACHED_INPUT, IDLE, INPUT, OUTPUT
+from exporter.config import Settings
+from exporter.model_spec import ModelSpec
+from exporter.sim import Faults, Simulation, SimEnergySource, SimVllmSource
+from exporter.sim.workload import Scenario
+from exporter.sources.snapshots import SourceError
+
+CLASSES = (INPUT, CACHED_INPUT, OUTPUT, IDLE)
+
+
+@dataclass(slots=True)
+class Evaluation:
+    allocated: dict[str, float]  # J per class, as the exporter allocated it
+    oracle: dict[str, float]  # true J per class
+    measured_joules: float  # what the (gain-scaled) energy counter said
+    true_joules: float
+    fitted: dict[str, float]  # fitted marginal J per driver
+    fitted_stddev: dict[str, float]
+    true_marginal: dict[str, float]
+    prior: dict[str, float]
+    identified: bool
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> J per class
+    ticks: int = 0
+    missed: int = 0
+
+    def share_error(self, cls: str, allocated: dict[str, float] | None = None) -> float:
+        """Relative error of a class's share of the energy (gain error cancels out of shares)."""
+        allocated = self.allocated if allocated is None else allocated
+        total = sum(allocated.values())
+        truth = self.oracle[cls] / self.true_joules if self.true_joules else float("nan")
+        if not truth or not total:
+            return float("nan")
+        return (allocated.get(cls, 0.0) / total) / truth - 1.0
+
+    def coefficient_error(self, driver: str) -> float:
+        truth = self.true_marginal.get(driver, 0.0)
+        return self.fitted[driver] / truth - 1.0 if truth else float("nan")
+
+    @property
+    def split_ratio(self) -> float:
+        """Allocated input energy over output energy."""
+        return self.allocated.get(INPUT, 0.0) / self.allocated[OUTPUT] if self.allocated.get(OUTPUT) else float("nan")
+
+
+def evaluate(
+    scenario: Scenario,
+    *,
+    gpu: str = "H100",
+    model: ModelSpec,
+    gpus: int = 1,
+    truth: str = "component",
+    interval: float = 5.0,
+    duration: float = 1800.0,
+    seed: int = 1,
+    faults: Faults = Faults(),
+    missed_scrape_rate: float = 0.0,
+    settings: Settings | None = None,
+) -> Evaluation:
+    from exporter.app import make_attributor  # the exporter's own wiring, as `run` builds it
+    from exporter.gpu_table import GPU_TABLE
+
+    settings = settings or Settings()
+    sim = Simulation(scenario, gpu, model, gpus=gpus, truth=truth, seed=seed, faults=faults, trace=True)
+    vllm, energy = SimVllmSource(sim), SimEnergySource(sim)
+    attributor = make_attributor(settings, GPU_TABLE[gpu], gpus, model)
+    skip = random.Random(f"{seed}/missed")
+    allocated = dict.fromkeys(CLASSES, 0.0)
+    measured = 0.0
+    ticks = missed = 0
+
+    def read(source):
+        try:
+            return source.read()
+        except SourceError:
+            return None
+
+    attributor.tick(read(vllm), read(energy))
+    while sim.now < duration:
+        sim.advance(interval)
+        if skip.random() < missed_scrape_rate:
+            missed += 1
+            continue
+        result = attributor.tick(read(vllm), read(energy))
+        ticks += 1
+        if result.allocation is not None:
+            measured += result.energy_joules
+            for (_, cls), joules in result.allocation.energy.items():
+                allocated[cls] += joules
+
+    oracle = sim.oracle_totals()
+    estimator = attributor.estimator
+    fitted = estimator.coefficients if estimator else attributor.prior.energy
+    stddev = estimator.stddevs if estimator else attributor.prior.energy.scaled(attributor.prior.relative_stddev)
+    true_marginal = sim.hardware.marginal_coefficients()
+    drivers = ("input", "output", "step", "kv")
+    evaluation = Evaluation(
+        allocated=allocated,
+        oracle=dict(oracle.energy),
+        measured_joules=measured,
+        true_joules=oracle.energy_joules,
+        fitted={d: getattr(fitted, d) for d in drivers},
+        fitted_stddev={d: getattr(stddev, d) for d in drivers},
+        true_marginal={d: getattr(true_marginal, d) for d in drivers},
+        prior={d: getattr(attributor.prior.energy, d) for d in drivers},
+        identified=bool(estimator and estimator.identified),
+        ticks=ticks,
+        missed=missed,
+    )
+    evaluation.baselines = _baselines(sim, measured)
+    return evaluation
+
+
+def _baselines(sim: Simulation, measured: float) -> dict[str, dict[str, float]]:
+    prefill = decode = 0.0
+    for seq in sim.finished:
+        start = getattr(seq, "scheduled_at", None)
+        if start is None or seq.first_token_at is None or seq.finished_at is None:
+            continue
+        prefill += seq.first_token_at - start
+        decode += seq.finished_at - seq.first_token_at
+    by_time = dict.fromkeys(CLASSES, 0.0)
+    if prefill + decode > 0:
+        by_time[INPUT] = measured * prefill / (prefill + decode)
+        by_time[OUTPUT] = measured * decode / (prefill + decode)
+    else:
+        by_time[IDLE] = measured
+    return {
+        "all_to_output": {**dict.fromkeys(CLASSES, 0.0), OUTPUT: measured},
+        "request_time": by_time,
+    }
+
+
+def fmt(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:+.1%}"
