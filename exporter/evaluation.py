@@ -36,6 +36,7 @@ class Evaluation:
     true_marginal: dict[str, float]
     prior: dict[str, float]
     identified: bool
+    tokens: dict[str, float] = field(default_factory=dict)  # as the exporter counted them
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> J per class
     ticks: int = 0
     missed: int = 0
@@ -48,6 +49,10 @@ class Evaluation:
         if not truth or not total:
             return float("nan")
         return (allocated.get(cls, 0.0) / total) / truth - 1.0
+
+    def joules_per_token(self, cls: str, allocated: dict[str, float] | None = None) -> float:
+        allocated = self.allocated if allocated is None else allocated
+        return allocated[cls] / self.tokens[cls] if self.tokens.get(cls) else float("nan")
 
     def coefficient_error(self, driver: str) -> float:
         truth = self.true_marginal.get(driver, 0.0)
@@ -82,6 +87,7 @@ def evaluate(
     attributor = make_attributor(settings, GPU_TABLE[gpu], gpus, model)
     skip = random.Random(f"{seed}/missed")
     allocated = dict.fromkeys(CLASSES, 0.0)
+    tokens = dict.fromkeys((INPUT, CACHED_INPUT, OUTPUT), 0.0)
     measured = 0.0
     ticks = missed = 0
 
@@ -92,6 +98,7 @@ def evaluate(
             return None
 
     attributor.tick(read(vllm), read(energy))
+    first = sim.oracle_totals()  # the first reading is a baseline: compare from here
     while sim.now < duration:
         sim.advance(interval)
         if skip.random() < missed_scrape_rate:
@@ -99,16 +106,21 @@ def evaluate(
             continue
         result = attributor.tick(read(vllm), read(energy))
         ticks += 1
+        for (_, cls), count in result.tokens.items():
+            tokens[cls] += count
         if result.allocation is not None:
             measured += result.energy_joules
             for (_, cls), joules in result.allocation.energy.items():
                 allocated[cls] += joules
 
-    oracle = sim.oracle_totals()
+    oracle = sim.oracle_totals().minus(first)
     estimator = attributor.estimator
     fitted = estimator.coefficients if estimator else attributor.prior.energy
     stddev = estimator.stddevs if estimator else attributor.prior.energy.scaled(attributor.prior.relative_stddev)
-    true_marginal = sim.hardware.marginal_coefficients()
+    try:
+        true_marginal = sim.hardware.marginal_coefficients()
+    except ValueError:  # the phase-power truth has no marginal cost per unit
+        true_marginal = None
     drivers = ("input", "output", "step", "kv")
     evaluation = Evaluation(
         allocated=allocated,
@@ -117,9 +129,10 @@ def evaluate(
         true_joules=oracle.energy_joules,
         fitted={d: getattr(fitted, d) for d in drivers},
         fitted_stddev={d: getattr(stddev, d) for d in drivers},
-        true_marginal={d: getattr(true_marginal, d) for d in drivers},
+        true_marginal={d: getattr(true_marginal, d) for d in drivers} if true_marginal else {},
         prior={d: getattr(attributor.prior.energy, d) for d in drivers},
         identified=bool(estimator and estimator.identified),
+        tokens=tokens,
         ticks=ticks,
         missed=missed,
     )
