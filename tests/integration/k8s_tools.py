@@ -6,7 +6,9 @@ fails the test (never skips it):
 
   HELM, KUBECTL           scripts/install-helm.sh DIR   (helm 4 and kubectl with kustomize)
   PROMTOOL                apt-get install prometheus
-  KUBERNETES_VALIDATE     pip install kubernetes-validate
+  KUBERNETES_VALIDATE     pip install kubernetes-validate (also found beside this Python)
+
+The Prometheus Operator objects are checked with pip's cloudcoil-models-prometheus-operator.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,9 @@ _INSTALL = {
 
 def tool(name: str) -> str:
     variable = name.upper().replace("-", "_")
-    path = os.environ.get(variable) or shutil.which(name)
+    # Also beside this Python: `pip install kubernetes-validate` in an unactivated venv.
+    beside = Path(sys.executable).parent / name
+    path = os.environ.get(variable) or shutil.which(name) or (str(beside) if beside.is_file() else None)
     if path and os.access(path, os.X_OK):
         return path
     where = f"${variable} ({os.environ[variable]}) is not executable" if os.environ.get(variable) else \
@@ -131,7 +136,11 @@ def check_operator_objects(docs: list[dict]) -> int:
     """Each PodMonitor, ServiceMonitor and PrometheusRule parses as the Prometheus Operator's
     models (field names and types), and survives the round trip unchanged: a field the models
     do not know would be dropped, so an unknown field fails here too."""
-    from cloudcoil.models.prometheus_operator import v1
+    try:
+        from cloudcoil.models.prometheus_operator import v1
+    except ImportError as err:
+        pytest.fail(f"the Prometheus Operator models are required and missing ({err}). Install them: "
+                    "pip install cloudcoil-models-prometheus-operator", pytrace=False)
 
     models = {"PodMonitor": v1.PodMonitor, "ServiceMonitor": v1.ServiceMonitor, "PrometheusRule": v1.PrometheusRule}
     checked = 0
