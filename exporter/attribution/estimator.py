@@ -36,6 +36,9 @@ class EstimatorSettings:
     measurement_noise: float = 0.05  # relative noise of one window's energy above idle
     prior_relative_stddev: float = 0.5
     identified_ratio: float = 0.5
+    # The roofline derives input and output token costs from one compute efficiency, and step and
+    # KV costs from one bandwidth efficiency: errors in the prior are shared within each pair.
+    prior_correlation: float = 0.8
 
 
 def _features(work: Work) -> list[float]:
@@ -52,8 +55,7 @@ class MarginalCostEstimator:
         self._settings = settings
         n = len(DRIVERS)
         self._r = [1.0] * n
-        s2 = settings.prior_relative_stddev ** 2
-        self._cov = [[s2 if i == j else 0.0 for j in range(n)] for i in range(n)]
+        self._cov = self._prior_cov()
         self._window = Work()
         self._window_y = 0.0
         self._window_seconds = 0.0
@@ -127,12 +129,19 @@ class MarginalCostEstimator:
         self._update(x, y)
         return True
 
+    def _prior_cov(self) -> list[list[float]]:
+        s2 = self._settings.prior_relative_stddev ** 2
+        rho = self._settings.prior_correlation
+        pairs = {(0, 1), (1, 0), (2, 3), (3, 2)}  # (input, output) and (step, kv)
+        n = len(DRIVERS)
+        return [[s2 if i == j else (rho * s2 if (i, j) in pairs else 0.0) for j in range(n)] for i in range(n)]
+
     def _revert(self, elapsed: float) -> None:
         rho = math.exp(-elapsed / self._settings.reversion_seconds)
-        s2 = self._settings.prior_relative_stddev ** 2
+        prior = self._prior_cov()
         n = len(self._r)
         self._r = [1.0 + rho * (r - 1.0) for r in self._r]
-        self._cov = [[rho * rho * self._cov[i][j] + ((1 - rho * rho) * s2 if i == j else 0.0) for j in range(n)]
+        self._cov = [[rho * rho * self._cov[i][j] + (1 - rho * rho) * prior[i][j] for j in range(n)]
                      for i in range(n)]
         self._recent = [rho * v for v in self._recent]
 
