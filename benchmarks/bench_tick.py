@@ -13,12 +13,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.attribution.attributor import Attributor
-from exporter.attribution.idle import IdlePowerEstimator
-from exporter.attribution.prior import roofline_prior
+from exporter.app import make_attributor
+from exporter.config import Settings
 from exporter.gpu_table import GPU_TABLE
 from exporter.model_spec import ModelSpec
-from exporter.pricing import Prices
 from exporter.sources.snapshots import EnergySnapshot, GpuReading
 from exporter.sources.vllm_page import parse
 
@@ -39,14 +37,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2000)
     args = parser.parse_args()
 
-    prior = roofline_prior(GPU_TABLE["H100"], 1, ModelSpec(8e9, 8e9, 2, 131072, "bench"), compute_efficiency=0.5,
-                           bandwidth_efficiency=0.7, step_overhead_seconds=0.002, relative_stddev=0.5)
-    attributor = Attributor(prior, IdlePowerEstimator(75, 120, 5), Prices(3.0, 0.1, 1.2, 400), 1)
+    # The core exactly as `run` builds it by default: fitted estimator, prices, policies.
+    settings = Settings(gpu_hourly_price=3.0, grid_carbon_intensity=400, fit_window_seconds=1)
+    attributor = make_attributor(settings, GPU_TABLE["H100"], 1, ModelSpec(8e9, 8e9, 2, 131072, "bench"))
     clock = [0.0]
 
+    tokens = [0.0]
+
     def tick() -> None:
+        # The page's counters move every tick, so the estimator fits (a window per tick) as it would under load.
         clock[0] += 1.0
-        snapshot = parse(PAGE, clock[0])
+        tokens[0] += 1000.0
+        text = PAGE.replace("vllm:generation_tokens_total{engine=\"0\",model_name=\"tiny-llama\"} 1576.0",
+                            f"vllm:generation_tokens_total{{engine=\"0\",model_name=\"tiny-llama\"}} {1576.0 + tokens[0]}")
+        snapshot = parse(text, clock[0])
         energy = EnergySnapshot(clock[0], (GpuReading(0, "GPU-0", "NVIDIA H100", 300.0 * clock[0], 300.0, "counter"),))
         attributor.tick(snapshot, energy)
 
