@@ -61,11 +61,14 @@ def keep_load(server: VllmServer, stop: threading.Event) -> int:
     return sent
 
 
-def _scraper(job: tuple[str, int, str, int, float]) -> list[float]:
-    """One scraper process: a keep-alive connection, `count` GETs, `pause` seconds apart."""
-    host, port, path, count, pause = job
+def _scraper(job: tuple[str, int, str, int, float, float]) -> list[float]:
+    """One scraper process: a keep-alive connection, `count` GETs, `pause` seconds apart, all
+    scrapers starting together at `start` (after every process has started, so the client's own
+    start-up does not land in the figures)."""
+    host, port, path, count, pause, start_at = job
     request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/plain\r\n\r\n".encode()
     out = []
+    time.sleep(max(start_at - time.time(), 0.0))
     with socket.create_connection((host, port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         stream = sock.makefile("rb")
@@ -87,8 +90,9 @@ def _scraper(job: tuple[str, int, str, int, float]) -> list[float]:
 def latencies(url: str, concurrency: int, per_worker: int, pause: float) -> list[float]:
     """`concurrency` scraper processes (not threads: a client sharing one GIL would time itself)."""
     parts = urlsplit(url)
-    jobs = [(parts.hostname, parts.port, parts.path, per_worker, pause)] * concurrency
     with multiprocessing.get_context("spawn").Pool(concurrency) as pool:
+        pool.map(time.sleep, [0.0] * concurrency)  # every worker process is up before the clock starts
+        jobs = [(parts.hostname, parts.port, parts.path, per_worker, pause, time.time() + 1.0)] * concurrency
         return [x for chunk in pool.map(_scraper, jobs) for x in chunk]
 
 
@@ -134,6 +138,7 @@ def main() -> None:
         vllm_cpu = group_cpu_seconds(server.live_pids()) - vllm_cpu0
         stop.set()
         load.join(60)
+        time.sleep(2)  # let the last requests' work drain from vLLM before timing scrapes
 
         scrape = latencies(exporter.url + "/metrics", args.scrapers, args.scrapes_per_scraper, args.scrape_pause)
         health = latencies(exporter.url + "/healthz", args.scrapers, args.scrapes_per_scraper, args.scrape_pause)
