@@ -64,6 +64,8 @@ class LedgerCollector(Collector):
                     ["model_name", "driver"], {(m, d): value for m in models for d, (value, _) in v.coefficients.items()})
         yield gauge("marginal_energy_joules_stddev", "Standard deviation of the fitted marginal energy per driver.",
                     ["model_name", "driver"], {(m, d): sd for m in models for d, (_, sd) in v.coefficients.items()})
+        yield counter("attribution_fits_total", "Estimator updates so far (one per fit window of measured energy).",
+                      ["model_name"], {m: v.fits for m in models})
         if v.residual_ratio is not None:
             yield gauge("attribution_residual_ratio", "Recent mean of |measured - fitted| / measured dynamic energy per window.",
                         ["model_name"], {m: v.residual_ratio for m in models})

@@ -11,6 +11,12 @@ from exporter.attribution.attributor import TickResult
 from exporter.attribution.split import IDLE
 
 
+KNOWN_ERRORS = (
+    ("vllm", "connection"), ("vllm", "timeout"), ("vllm", "http_status"), ("vllm", "too_large"), ("vllm", "parse"),
+    ("vllm", "internal"), ("energy", "internal"), ("exporter", "internal"),
+)
+
+
 def _add(target: dict, increments: dict) -> None:
     for key, value in increments.items():
         if value:
@@ -35,6 +41,7 @@ class LedgerView:
     idle_measured: bool = False
     identified: bool = False
     residual_ratio: float | None = None
+    fits: float = 0.0
     coefficients: dict = field(default_factory=dict)
     models: tuple = ()
     source_up: dict = field(default_factory=dict)
@@ -63,6 +70,9 @@ class Ledger:
         for source in sources:
             self._view.source_up[source] = 0.0
             self._view.resets[source] = 0.0
+        # Known causes start at zero, so rate() and dashboards see a series before the first failure.
+        for source, reason in KNOWN_ERRORS:
+            self._view.source_errors[(source, reason)] = 0.0
 
     @property
     def version(self) -> int:
@@ -96,6 +106,7 @@ class Ledger:
             v.coefficients = dict(result.coefficients)
             v.identified = result.identified
             v.residual_ratio = result.residual_ratio
+            v.fits = result.fits
             v.idle_watts = result.idle_watts
             v.idle_measured = idle_measured
             v.models = result.models

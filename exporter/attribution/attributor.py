@@ -44,6 +44,7 @@ class TickResult:
     coefficients: dict[str, tuple[float, float]] = field(default_factory=dict)  # per driver: (J per unit, stddev)
     identified: bool = False
     residual_ratio: float | None = None
+    fits: int = 0  # estimator updates so far
 
 
 class Attributor:
@@ -106,6 +107,7 @@ class Attributor:
         if self.estimator is not None:
             result.identified = self.estimator.identified
             result.residual_ratio = self.estimator.residual_ratio if self.estimator.updates else None
+            result.fits = self.estimator.updates
         return result
 
     def _coefficients(self):
