@@ -363,31 +363,28 @@ def health_row() -> dash.Row:
     )
 
 
+def _multi_value(name: str, label: str, query: str):
+    """A multi-select variable over a label's values, "All" matching everything."""
+    return (
+        dash.QueryVariable(name)
+        .label(label)
+        .datasource(DATASOURCE)
+        .query(query)
+        .definition(query)
+        .refresh(dash_model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dash_model.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .current(dash_model.VariableOption(selected=True, text="All", value="$__all"))
+    )
+
+
 def variables() -> list:
     return [
         dash.DatasourceVariable("datasource").label("Data source").type("prometheus"),
-        dash.QueryVariable("model_name")
-        .label("Model")
-        .datasource(DATASOURCE)
-        .query("label_values(token_economy_tokens_total, model_name)")
-        .definition("label_values(token_economy_tokens_total, model_name)")
-        .refresh(dash_model.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(dash_model.VariableSort.ALPHABETICAL_ASC)
-        .multi(True)
-        .include_all(True)
-        .all_value(".*")
-        .current(dash_model.VariableOption(selected=True, text="All", value="$__all")),
-        dash.QueryVariable("instance")
-        .label("Instance")
-        .datasource(DATASOURCE)
-        .query("label_values(token_economy_build_info, instance)")
-        .definition("label_values(token_economy_build_info, instance)")
-        .refresh(dash_model.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(dash_model.VariableSort.ALPHABETICAL_ASC)
-        .multi(True)
-        .include_all(True)
-        .all_value(".*")
-        .current(dash_model.VariableOption(selected=True, text="All", value="$__all")),
+        _multi_value("model_name", "Model", "label_values(token_economy_tokens_total, model_name)"),
+        _multi_value("instance", "Instance", "label_values(token_economy_build_info, instance)"),
     ]
 
 
