@@ -141,7 +141,7 @@ def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpe
     }
     ledger = Ledger()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LedgerCollector(ledger, build_labels))
+    registry.register(LedgerCollector(ledger, build_labels, attributor.prices))
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
 

@@ -8,15 +8,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter.ledger import Ledger
+from exporter.pricing import Prices
 
 P = "token_economy_"
 GPU_LABELS = ["gpu", "gpu_uuid", "gpu_name"]
 
 
 class LedgerCollector(Collector):
-    def __init__(self, ledger: Ledger, build_labels: dict[str, str]) -> None:
+    def __init__(self, ledger: Ledger, build_labels: dict[str, str], prices: Prices | None = None) -> None:
         self._ledger = ledger
         self._build = build_labels
+        self._prices = prices
 
     def describe(self) -> list[Metric]:
         # Registration must not take a lock or wait for the first tick.
@@ -85,4 +87,14 @@ class LedgerCollector(Collector):
         ticks = SummaryMetricFamily(P + "tick_duration_seconds", "Time spent in one collection tick.")
         ticks.add_metric([], count_value=v.ticks, sum_value=v.tick_seconds)
         yield ticks
+        if self._prices is not None:
+            # Configured prices as series, so PromQL can turn marginal joules into money.
+            currency = [self._build.get("currency", "")]
+            yield gauge("gpu_hourly_price", "Configured rental price of one GPU for one hour.", ["currency"],
+                        {tuple(currency): self._prices.gpu_hourly})
+            yield gauge("electricity_price_per_kwh", "Electricity price counted (0 when not counted).", ["currency"],
+                        {tuple(currency): self._prices.electricity_per_kwh})
+            yield gauge("pue", "Configured power usage effectiveness.", [], {(): self._prices.pue})
+            yield gauge("grid_carbon_intensity_grams_per_kwh", "Configured grams CO2e per kWh.", [],
+                        {(): self._prices.grams_co2_per_kwh})
         yield gauge("last_tick_timestamp_seconds", "Unix time of the last completed tick.", [], {(): v.last_tick_unixtime})

@@ -170,3 +170,15 @@ def test_run_stops_when_told(rig):
     stop.set()
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_configured_prices_are_series_for_promql():
+    from exporter.pricing import Prices
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LedgerCollector(Ledger(), {"version": "t", "currency": "EUR"}, Prices(2.5, 0.3, 1.2, 380.0)))
+    m = samples(registry)
+    assert value(m, "token_economy_gpu_hourly_price", currency="EUR") == 2.5
+    assert value(m, "token_economy_electricity_price_per_kwh", currency="EUR") == 0.3
+    assert value(m, "token_economy_pue") == 1.2
+    assert value(m, "token_economy_grid_carbon_intensity_grams_per_kwh") == 380.0

@@ -10,6 +10,7 @@ from exporter.attribution.split import Allocation
 from exporter.collector import LedgerCollector
 from exporter.config import Settings, env_name, flag_name
 from exporter.ledger import Ledger
+from exporter.pricing import Prices
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 
@@ -30,7 +31,7 @@ def test_every_metric_family_is_documented():
                  idle_measured=False)
     ledger.record_read("vllm", False, 0.1, ("timeout",))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LedgerCollector(ledger, {"version": "t"}))
+    registry.register(LedgerCollector(ledger, {"version": "t"}, Prices(3.0, 0.1, 1.2, 400.0)))
     names = set(re.findall(r"^# TYPE (\S+)", generate_latest(registry).decode(), re.M))
     assert len(names) > 20
     for name in names:
