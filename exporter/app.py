@@ -56,9 +56,13 @@ class App:
             self.log.info("stopped")
 
 
+def _explicit_weights(settings: Settings) -> dict[str, float | None]:
+    return {name: getattr(settings, name) for name in EXPLICIT_WEIGHTS}
+
+
 def make_attributor(settings: Settings, gpu: GpuSpec, gpu_count: int, model: ModelSpec, log=None) -> Attributor:
     """The core as the settings declare it: roofline prior, idle estimate, prices, policies, estimator."""
-    explicit = {name: getattr(settings, name) for name in EXPLICIT_WEIGHTS}
+    explicit = _explicit_weights(settings)
     prior = roofline_prior(
         gpu,
         gpu_count,
@@ -125,13 +129,12 @@ def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpe
     if model is None:
         model = resolve_model(settings.model_dir, settings.model_params, settings.bytes_per_param)
     attributor = make_attributor(settings, energy.gpu_spec, energy.gpu_count, model, log)
-    explicit = {name: getattr(settings, name) for name in EXPLICIT_WEIGHTS}
     build_labels = {
         "version": __version__,
         "energy_source": energy.mode,
         "gpu_type": energy.gpu_spec.key,
         "model_spec": model.source,
-        "prior": "explicit" if any(v is not None for v in explicit.values()) else "roofline",
+        "prior": "explicit" if any(v is not None for v in _explicit_weights(settings).values()) else "roofline",
         "estimator": settings.estimator.value,
         "electricity": settings.electricity_billing,
         "static_power_policy": settings.static_power_policy.value,

@@ -72,12 +72,12 @@ def run(args: argparse.Namespace) -> int:
     worker.start()
     print(f"simulated vLLM ({args.scenario}, {args.model} on {args.gpus}x{args.gpu_type}, truth={args.truth}, "
           f"{args.speed:g}x real time) at {page.url}/metrics", flush=True)
-    print(f"exporter at http://{settings.listen_address.replace('0.0.0.0', '127.0.0.1').rsplit(':', 1)[0]}:"
-          f"{_port(app)}/metrics", flush=True)
-    started = time.monotonic()
+    host = settings.listen_host_port[0].replace("0.0.0.0", "127.0.0.1")
+    print(f"exporter at http://{host}:{app.server.port}/metrics", flush=True)
+    deadline = time.monotonic() + args.duration if args.duration else float("inf")
     try:
-        while not args.duration or time.monotonic() - started < args.duration:
-            time.sleep(args.refresh if not args.duration else min(args.refresh, max(args.duration - (time.monotonic() - started), 0.01)))
+        while time.monotonic() < deadline:
+            time.sleep(max(min(args.refresh, deadline - time.monotonic()), 0.01))
             print(summary(app, sim, args.currency), flush=True)
     except KeyboardInterrupt:
         pass
@@ -85,15 +85,6 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
         worker.join(10)
         page.close()
-    return 0
-
-
-def _port(app) -> int:
-    for _ in range(100):
-        try:
-            return app.server.port
-        except OSError:
-            time.sleep(0.01)
     return 0
 
 

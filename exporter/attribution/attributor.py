@@ -99,8 +99,8 @@ class Attributor:
         if energy is not None:
             self._account_energy(energy, vllm is not None, result)
         result.idle_watts = self.idle.watts
-        result.marginal = self._marginal()
         coefficients, stddevs = self._coefficients()
+        result.marginal = self._marginal(coefficients, stddevs)
         result.coefficients = {
             name: (getattr(coefficients, name), getattr(stddevs, name)) for name in DRIVERS
         }
@@ -189,10 +189,9 @@ class Attributor:
         self._pending = {}
         self._pending_idle = True
 
-    def _marginal(self) -> dict[tuple[str, str], tuple[float, float]]:
+    def _marginal(self, e, sd) -> dict[tuple[str, str], tuple[float, float]]:
         """Marginal energy per token; the per-step and KV costs are amortised over the output
         tokens seen so far, since a step is paid once for the whole batch."""
-        e, sd = self._coefficients()
         rel = self.prior.relative_stddev
         result = {}
         for model in self._models:

@@ -10,7 +10,7 @@ import re
 
 from exporter.sources.snapshots import EngineSample, SourceError, VllmSnapshot
 
-# family name -> EngineSample field (None: handled specially)
+# family name -> EngineSample field; by-source prompt tokens and the cache config are read apart
 _FIELDS: dict[str, str] = {
     "vllm:prompt_tokens_total": "prompt_tokens",
     "vllm:generation_tokens_total": "generation_tokens",
