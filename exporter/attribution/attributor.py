@@ -180,6 +180,7 @@ class Attributor:
             idle_models=self._models,
             static_by_occupancy=self.policy.static_by_occupancy,
             step_on_output=self.policy.step_on_output,
+            covariance=self.estimator.covariance if self.estimator is not None else None,
         )
         result.allocation = allocation
         result.seconds = seconds

@@ -21,6 +21,7 @@ Cached prompt tokens keep their prior cost: they are too cheap to be seen in the
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from exporter.attribution.prior import Coefficients
@@ -104,12 +105,17 @@ class MarginalCostEstimator:
                 return False
         return self._updates > 0
 
+    def covariance(self, g: Sequence[float], h: Sequence[float]) -> float:
+        """Covariance of Σ g_i θ_i and Σ h_i θ_i (g, h: amounts of each driver, DRIVERS order)."""
+        w = [gi * base for gi, base in zip(g, self._base)]
+        v = [hi * base for hi, base in zip(h, self._base)]
+        n = len(w)
+        return sum(w[i] * self._cov[i][j] * v[j] for i in range(n) for j in range(n))
+
     def _linear(self, g: list[float], scale: float) -> tuple[float, float]:
         """Value and stddev of Σ g_i θ_i, times scale."""
-        w = [gi * base for gi, base in zip(g, self._base)]
-        value = sum(wi * ri for wi, ri in zip(w, self._r))
-        var = sum(w[i] * self._cov[i][j] * w[j] for i in range(len(w)) for j in range(len(w)))
-        return value * scale, math.sqrt(max(var, 0.0)) * scale
+        value = sum(gi * base * ri for gi, base, ri in zip(g, self._base, self._r))
+        return value * scale, math.sqrt(max(self.covariance(g, g), 0.0)) * scale
 
     # -- learning --------------------------------------------------------------------------
     def observe(self, dynamic_joules: float, seconds: float, work: Work) -> bool:

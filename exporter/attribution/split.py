@@ -3,11 +3,17 @@
 Idle power times the interval is static; what is above it is dynamic and is split by the
 marginal weights (coefficient x work). Static power while busy follows estimated time
 occupancy, or stays idle under the Kepler-like policy. Idle takes the remainder, so the classes
-always add up to the measured energy."""
+always add up to the measured energy.
+
+When the fitted costs come with a covariance, the interval's own measurement is used before the
+split: the gap between the measured dynamic energy and the predicted one goes to each class in
+proportion to the covariance of its predicted energy with the predicted total (the Gaussian
+posterior of the classes given their sum). A well-pinned class then keeps its prediction and an
+uncertain one absorbs the surprise, rather than every class being scaled by the same factor."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from exporter.attribution.prior import Coefficients
@@ -49,6 +55,37 @@ def class_weights(work: Work, c: Coefficients, step_on_output: bool, step_extra:
     return w_in, w_cached, w_out
 
 
+# Covariance of two linear combinations of the fitted costs, each given as amounts of the
+# drivers (input tokens, output tokens, steps, KV context tokens), as in the estimator.
+Covariance = Callable[[Sequence[float], Sequence[float]], float]
+
+
+def driver_amounts(work: Work, cls: str, step_on_output: bool) -> tuple[float, float, float, float]:
+    """The drivers a class's energy weight is made of (as `class_weights` builds it); the cached
+    input's cost is not fitted, so it holds none."""
+    tokens = work.input + work.output
+    if cls == INPUT:
+        step_share = work.input / tokens if not step_on_output and tokens > 0 else 0.0
+        return (work.input, 0.0, work.steps * step_share, 0.0)
+    if cls == OUTPUT:
+        step_share = work.output / tokens if not step_on_output and tokens > 0 else 1.0
+        return (0.0, work.output, work.steps * step_share, work.kv_context)
+    return (0.0, 0.0, 0.0, 0.0)
+
+
+def _condition_on_measurement(energy_w: dict[tuple[str, str], float], dynamic: float,
+                              work_by_model: dict[str, Work], covariance: Covariance,
+                              step_on_output: bool) -> dict[tuple[str, str], float]:
+    keys = list(energy_w)
+    amounts = {key: driver_amounts(work_by_model[key[0]], key[1], step_on_output) for key in keys}
+    with_total = {key: sum(covariance(amounts[key], amounts[other]) for other in keys) for key in keys}
+    variance = sum(with_total.values())
+    if not variance > 0:
+        return energy_w
+    gap = dynamic - sum(energy_w.values())
+    return {key: max(energy_w[key] + with_total[key] / variance * gap, 0.0) for key in keys}
+
+
 def allocate(
     energy_joules: float,
     seconds: float,
@@ -61,6 +98,7 @@ def allocate(
     idle_models: Sequence[str],
     static_by_occupancy: bool = True,
     step_on_output: bool = True,
+    covariance: Covariance | None = None,
 ) -> Allocation:
     energy_joules = max(energy_joules, 0.0)
     seconds = max(seconds, 0.0)
@@ -88,6 +126,9 @@ def allocate(
     total_energy_w = sum(energy_w.values())
     if time_w:
         static_busy = static * busy if static_by_occupancy else 0.0
+        if covariance is not None and total_energy_w > 0:
+            energy_w = _condition_on_measurement(energy_w, dynamic, work_by_model, covariance, step_on_output)
+            total_energy_w = sum(energy_w.values())
         dynamic_weights, dynamic_total = (energy_w, total_energy_w) if total_energy_w > 0 else (time_w, total_time)
         for key in time_w:
             share_static = static_busy * time_w[key] / total_time if total_time > 0 else 0.0

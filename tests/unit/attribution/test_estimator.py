@@ -102,3 +102,13 @@ def test_any_trace_keeps_finite_non_negative_coefficients_and_a_valid_covariance
         assert math.isfinite(v) and v >= 0
     # never more uncertain than the prior
     assert all(sd <= 0.5 * base * 1.000001 for sd, base in zip(est.stddevs.as_tuple(), PRIOR.as_tuple()))
+
+
+def test_covariance_of_a_single_driver_is_its_variance_and_is_symmetric():
+    est = MarginalCostEstimator(PRIOR)
+    feed(est, random.Random(4), 200, mixed_window)
+    sd = est.stddevs
+    assert est.covariance([1, 0, 0, 0], [1, 0, 0, 0]) == pytest.approx(sd.input ** 2)
+    assert est.covariance([0, 0, 1, 0], [0, 0, 1, 0]) == pytest.approx(sd.step ** 2)
+    g, h = [300.0, 50.0, 2.0, 1e5], [10.0, 400.0, 20.0, 4e6]
+    assert est.covariance(g, h) == pytest.approx(est.covariance(h, g))

@@ -88,3 +88,44 @@ def test_classes_always_sum_to_the_measured_energy_and_are_never_negative(energy
     assert math.isclose(total(a), energy, rel_tol=1e-9, abs_tol=1e-12)
     assert math.isclose(math.fsum(a.time_share.values()), 1.0, rel_tol=1e-9)
     assert all(v >= 0 for v in a.time_share.values())
+
+
+def _only_input_uncertain(g, h):
+    # The input cost is uncertain (variance 1e-4 per token²), every other cost is pinned.
+    return 1e-4 * g[0] * h[0]
+
+
+def test_the_measured_surprise_goes_to_the_uncertain_class():
+    work = {"m": Work(input=1000, output=160, steps=10)}
+    predicted_in, predicted_out = 0.2 * 1000, 0.2 * 160 + 15.0 * 10
+    measured_dynamic = predicted_in + predicted_out + 50.0  # 50 J more than the costs predict
+    a = run(150.0 + measured_dynamic, 1.0, work, covariance=_only_input_uncertain, static_by_occupancy=False)
+    # the pinned output keeps its prediction; input takes the whole 50 J
+    assert a.energy[("m", "output")] == pytest.approx(predicted_out)
+    assert a.energy[("m", "input")] == pytest.approx(predicted_in + 50.0)
+    proportional = run(150.0 + measured_dynamic, 1.0, work, static_by_occupancy=False)
+    assert proportional.energy[("m", "output")] > predicted_out  # without it, every class scales
+
+
+def test_a_surprise_larger_than_a_class_empties_it_without_going_negative():
+    work = {"m": Work(input=1000, output=160, steps=10)}
+    a = run(150.0 + 100.0, 1.0, work, covariance=_only_input_uncertain, static_by_occupancy=False)
+    assert a.energy[("m", "input")] == 0.0
+    assert a.energy[("m", "output")] == pytest.approx(100.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    energy=st.floats(0, 1e5),
+    works=st.dictionaries(st.sampled_from(["a", "b"]), work_strategy, max_size=2),
+    variances=st.lists(st.floats(0, 1.0), min_size=4, max_size=4),
+    on_output=st.booleans(),
+)
+def test_conditioning_on_the_measurement_still_conserves(energy, works, variances, on_output):
+    def covariance(g, h):
+        return sum(v * x * y for v, x, y in zip(variances, g, h))
+
+    a = allocate(energy, 5.0, works, ENERGY, TIME, 0.002, 150.0, idle_models=list(works),
+                 step_on_output=on_output, covariance=covariance)
+    assert all(v >= 0 and not math.isnan(v) for v in a.energy.values())
+    assert math.isclose(total(a), energy, rel_tol=1e-9, abs_tol=1e-12)
