@@ -180,7 +180,8 @@ class Attributor:
             idle_models=self._models,
             static_by_occupancy=self.policy.static_by_occupancy,
             step_on_output=self.policy.step_on_output,
-            covariance=self.estimator.covariance if self.estimator is not None else None,
+            # A modelled energy says nothing the costs did not: no surprise to place.
+            covariance=self.estimator.covariance if self.estimator is not None and not energy.modelled else None,
         )
         result.allocation = allocation
         result.seconds = seconds

@@ -8,11 +8,17 @@ always add up to the measured energy.
 When the fitted costs come with a covariance, the interval's own measurement is used before the
 split: the gap between the measured dynamic energy and the predicted one goes to each class in
 proportion to the covariance of its predicted energy with the predicted total (the Gaussian
-posterior of the classes given their sum). A well-pinned class then keeps its prediction and an
-uncertain one absorbs the surprise, rather than every class being scaled by the same factor."""
+posterior of the classes given their sum, taking the measured sum as exact). A well-pinned class
+then keeps its prediction and an uncertain one absorbs the surprise, rather than every class
+being scaled by the same factor. The sum is taken as exact because an interval's gap is mostly
+model error with a structure (a kind of step the costs misprice), not meter noise: splitting it
+by the costs' uncertainty locates it, and spreading it evenly does not. A class the gap would
+drive below zero stops at zero and the others are scaled to conserve the total. Where the energy
+is itself modelled there is nothing to learn from, and the caller passes no covariance."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -78,12 +84,17 @@ def _condition_on_measurement(energy_w: dict[tuple[str, str], float], dynamic: f
                               step_on_output: bool) -> dict[tuple[str, str], float]:
     keys = list(energy_w)
     amounts = {key: driver_amounts(work_by_model[key[0]], key[1], step_on_output) for key in keys}
-    with_total = {key: sum(covariance(amounts[key], amounts[other]) for other in keys) for key in keys}
-    variance = sum(with_total.values())
-    if not variance > 0:
+    total = [math.fsum(column) for column in zip(*amounts.values())]
+    with_total = {key: covariance(amounts[key], total) for key in keys}
+    variance = math.fsum(with_total.values())
+    if not (variance > 0 and math.isfinite(variance)):
         return energy_w
-    gap = dynamic - sum(energy_w.values())
-    return {key: max(energy_w[key] + with_total[key] / variance * gap, 0.0) for key in keys}
+    gap = dynamic - math.fsum(energy_w.values())
+    adjusted = {}
+    for key in keys:
+        value = energy_w[key] + with_total[key] / variance * gap
+        adjusted[key] = value if value > 0 else 0.0  # NaN, too, becomes 0
+    return adjusted
 
 
 def allocate(

@@ -154,3 +154,20 @@ def test_with_the_estimator_the_split_still_conserves_and_the_fit_moves():
     assert set(r.coefficients) == {"input", "output", "step", "kv"}
     assert r.coefficients["step"][0] != pytest.approx(PRIOR.energy.step, rel=0.01)
     assert r.residual_ratio is not None
+
+
+def test_a_capped_modelled_interval_is_split_by_the_costs_not_by_their_uncertainty():
+    from exporter.attribution.estimator import MarginalCostEstimator
+
+    a = Attributor(PRIOR, IdlePowerEstimator(75.0, 10, 3), Prices(4.0, 0.0, 1.0, 0.0), 1, Policy(),
+                   limit_watts_total=300.0, estimator=MarginalCostEstimator(PRIOR.energy))
+    modelled = lambda t: EnergySnapshot(t, (GpuReading(0, "unknown", "H100 (declared)", None, None, "phase_model"),), True)
+    a.tick(page(0), modelled(0))
+    r = a.tick(page(30, prompt=5e5, gen=2000, steps=200, running=1), modelled(30))
+    assert r.energy_joules == pytest.approx(300.0 * 30)  # capped: below what the costs predict
+    alloc = r.allocation
+    dynamic_in = alloc.energy[("m", "input")] - alloc.static_joules * alloc.time_share[("m", "input")]
+    w_in = PRIOR.energy.input * 5e5
+    w_out = PRIOR.energy.output * 2000 + PRIOR.energy.step * 200
+    # the shortfall is shared in proportion to the costs, as the phase model declares them
+    assert dynamic_in / alloc.dynamic_joules == pytest.approx(w_in / (w_in + w_out), rel=1e-9)

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from exporter.attribution.prior import Coefficients
-from exporter.attribution.split import allocate
+from exporter.attribution.split import allocate, class_weights, driver_amounts
 from exporter.attribution.work import Work
 
 ENERGY = Coefficients(input=0.2, cached_input=0.002, output=0.2, step=15.0, kv=1e-4)
@@ -118,14 +118,28 @@ def test_a_surprise_larger_than_a_class_empties_it_without_going_negative():
 @given(
     energy=st.floats(0, 1e5),
     works=st.dictionaries(st.sampled_from(["a", "b"]), work_strategy, max_size=2),
-    variances=st.lists(st.floats(0, 1.0), min_size=4, max_size=4),
+    factor=st.lists(st.lists(st.floats(-1.0, 1.0), min_size=4, max_size=4), min_size=4, max_size=4),
     on_output=st.booleans(),
 )
-def test_conditioning_on_the_measurement_still_conserves(energy, works, variances, on_output):
+def test_conditioning_on_the_measurement_still_conserves(energy, works, factor, on_output):
+    # A covariance L Lᵀ with any correlations, negative ones included, as a fitted estimator has.
+    cov = [[sum(factor[i][k] * factor[j][k] for k in range(4)) * 1e-4 for j in range(4)] for i in range(4)]
+
     def covariance(g, h):
-        return sum(v * x * y for v, x, y in zip(variances, g, h))
+        return sum(g[i] * cov[i][j] * h[j] for i in range(4) for j in range(4))
 
     a = allocate(energy, 5.0, works, ENERGY, TIME, 0.002, 150.0, idle_models=list(works),
                  step_on_output=on_output, covariance=covariance)
     assert all(v >= 0 and not math.isnan(v) for v in a.energy.values())
     assert math.isclose(total(a), energy, rel_tol=1e-9, abs_tol=1e-12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(work=work_strategy, on_output=st.booleans())
+def test_driver_amounts_are_what_the_class_weights_are_made_of(work, on_output):
+    fitted = (ENERGY.input, ENERGY.output, ENERGY.step, ENERGY.kv)
+    weights = class_weights(work, ENERGY, on_output)
+    for cls, weight in zip(("input", "cached_input", "output"), weights):
+        own = ENERGY.cached_input * work.cached_input if cls == "cached_input" else 0.0
+        made_of = math.fsum(x * c for x, c in zip(driver_amounts(work, cls, on_output), fitted)) + own
+        assert made_of == pytest.approx(weight, rel=1e-9, abs=1e-9)
