@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import math
 
+from exporter.attribution.estimator import DRIVERS
 from exporter.config import Settings
 from exporter.evaluation import evaluate, fmt
 from exporter.sim import LLAMA_3_8B, SCENARIOS, Simulation
 from exporter.sim.hardware import TRUTHS
 
-DRIVERS = ("input", "output", "step", "kv")
 WINDOW_SECONDS = 30.0
 INTERVALS = (1.0, 5.0, 15.0)
 

@@ -15,6 +15,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from exporter.attribution.estimator import DRIVERS
 from exporter.attribution.split import CACHED_INPUT, IDLE, INPUT, OUTPUT
 from exporter.config import Settings
 from exporter.model_spec import ModelSpec
@@ -121,16 +122,15 @@ def evaluate(
         true_marginal = sim.hardware.marginal_coefficients()
     except ValueError:  # the phase-power truth has no marginal cost per unit
         true_marginal = None
-    drivers = ("input", "output", "step", "kv")
     evaluation = Evaluation(
         allocated=allocated,
         oracle=dict(oracle.energy),
         measured_joules=measured,
         true_joules=oracle.energy_joules,
-        fitted={d: getattr(fitted, d) for d in drivers},
-        fitted_stddev={d: getattr(stddev, d) for d in drivers},
-        true_marginal={d: getattr(true_marginal, d) for d in drivers} if true_marginal else {},
-        prior={d: getattr(attributor.prior.energy, d) for d in drivers},
+        fitted={d: getattr(fitted, d) for d in DRIVERS},
+        fitted_stddev={d: getattr(stddev, d) for d in DRIVERS},
+        true_marginal={d: getattr(true_marginal, d) for d in DRIVERS} if true_marginal else {},
+        prior={d: getattr(attributor.prior.energy, d) for d in DRIVERS},
         identified=bool(estimator and estimator.identified),
         tokens=tokens,
         ticks=ticks,

@@ -41,34 +41,10 @@ class Allocation:
     dynamic_joules: float
 
 
-def class_weights(work: Work, c: Coefficients, step_on_output: bool, step_extra: float = 0.0) -> tuple[float, float, float]:
-    """(input, cached_input, output) weights of one model's work under coefficients `c`.
-
-    `step_extra` adds a per-step amount (the fixed step overhead, for time)."""
-    step = (c.step + step_extra) * work.steps
-    w_in = c.input * work.input
-    w_cached = c.cached_input * work.cached_input
-    w_out = c.output * work.output + c.kv * work.kv_context
-    if step_on_output:
-        w_out += step
-    else:
-        tokens = work.input + work.output
-        if tokens > 0:
-            w_in += step * work.input / tokens
-            w_out += step * work.output / tokens
-        else:
-            w_out += step
-    return w_in, w_cached, w_out
-
-
-# Covariance of two linear combinations of the fitted costs, each given as amounts of the
-# drivers (input tokens, output tokens, steps, KV context tokens), as in the estimator.
-Covariance = Callable[[Sequence[float], Sequence[float]], float]
-
-
 def driver_amounts(work: Work, cls: str, step_on_output: bool) -> tuple[float, float, float, float]:
-    """The drivers a class's energy weight is made of (as `class_weights` builds it); the cached
-    input's cost is not fitted, so it holds none."""
+    """How much of each fitted driver (input tokens, output tokens, steps, KV context tokens) a
+    class's weight holds: the step-cost policy lives here. The cached input's own cost is not a
+    fitted driver, so it holds none."""
     tokens = work.input + work.output
     if cls == INPUT:
         step_share = work.input / tokens if not step_on_output and tokens > 0 else 0.0
@@ -77,6 +53,21 @@ def driver_amounts(work: Work, cls: str, step_on_output: bool) -> tuple[float, f
         step_share = work.output / tokens if not step_on_output and tokens > 0 else 1.0
         return (0.0, work.output, work.steps * step_share, work.kv_context)
     return (0.0, 0.0, 0.0, 0.0)
+
+
+def class_weights(work: Work, c: Coefficients, step_on_output: bool, step_extra: float = 0.0) -> tuple[float, float, float]:
+    """(input, cached_input, output) weights of one model's work under coefficients `c`.
+
+    `step_extra` adds a per-step amount (the fixed step overhead, for time)."""
+    per_unit = (c.input, c.output, c.step + step_extra, c.kv)
+    w_in = sum(a * k for a, k in zip(driver_amounts(work, INPUT, step_on_output), per_unit))
+    w_out = sum(a * k for a, k in zip(driver_amounts(work, OUTPUT, step_on_output), per_unit))
+    return w_in, c.cached_input * work.cached_input, w_out
+
+
+# Covariance of two linear combinations of the fitted costs, each given as amounts of the
+# drivers (input tokens, output tokens, steps, KV context tokens), as in the estimator.
+Covariance = Callable[[Sequence[float], Sequence[float]], float]
 
 
 def _condition_on_measurement(energy_w: dict[tuple[str, str], float], dynamic: float,
