@@ -172,6 +172,16 @@ def dashed(panel: timeseries.Panel, regexp: str) -> timeseries.Panel:
     ])
 
 
+def with_band(title: str, description: str, value: str, stddev: str, legend: str) -> timeseries.Panel:
+    """A fitted value with dashed ±1σ lines around it (the lower one clamped at zero), log scale."""
+    return dashed(series(
+        title, description, "joule",
+        query("A", value, legend),
+        query("B", f"{value} + {stddev}", f"{legend} +1σ"),
+        query("C", f"clamp_min({value} - {stddev}, 0)", f"{legend} -1σ"),
+        log_scale=True), ".*[+-]1σ$")
+
+
 UP_DOWN = [dash_model.ValueMap(options={
     "0": dash_model.ValueMappingResult(text="DOWN", color="red", index=0),
     "1": dash_model.ValueMappingResult(text="UP", color="green", index=1),
@@ -273,24 +283,16 @@ def energy_row() -> dash.Row:
                 f"  / on (instance) group_left ()\n"
                 f"(sum by (instance) (rate(token_economy_attributed_seconds_total{{{BY_INSTANCE}}}[{RI}])) > 0)"
             ), "{{instance}} {{model_name}}")))
-        .with_panel(dashed(series(
+        .with_panel(with_band(
             "Marginal energy per token (value ± 1σ)",
             "Marginal energy of one more token of each class (output includes its share of the per-step "
             "weight stream), with its standard deviation: fitted where the data allow, else the prior.",
-            "joule",
-            query("A", marginal, "{{model_name}} {{token_class}} @ {{instance}}"),
-            query("B", f"{marginal} + {marginal_sd}", "{{model_name}} {{token_class}} @ {{instance}} +1σ"),
-            query("C", f"clamp_min({marginal} - {marginal_sd}, 0)", "{{model_name}} {{token_class}} @ {{instance}} -1σ"),
-            log_scale=True), ".*[+-]1σ$"))
-        .with_panel(dashed(series(
+            marginal, marginal_sd, "{{model_name}} {{token_class}} @ {{instance}}"))
+        .with_panel(with_band(
             "Fitted marginal energy per cost driver (value ± 1σ)",
             "The estimator's coefficients: a computed input token, an output token's own FLOPs, an engine "
             "step (the weight stream), a context token's KV read.",
-            "joule",
-            query("A", driver, "{{model_name}} {{driver}} @ {{instance}}"),
-            query("B", f"{driver} + {driver_sd}", "{{model_name}} {{driver}} @ {{instance}} +1σ"),
-            query("C", f"clamp_min({driver} - {driver_sd}, 0)", "{{model_name}} {{driver}} @ {{instance}} -1σ"),
-            log_scale=True), ".*[+-]1σ$"))
+            driver, driver_sd, "{{model_name}} {{driver}} @ {{instance}}"))
         # token_economy_attribution_residual_ratio is left out: it is absent until the first fit,
         # and never fitted from modelled energy (energy_source="phase-model"), so a panel of it
         # would be empty on every machine without a GPU.
