@@ -104,15 +104,21 @@ def stale(root: Path, files: dict[str, bytes]) -> list[str]:
     return found
 
 
-def differences(root: Path) -> list[str]:
-    files = planned(root)
-    out = []
+def out_of_date(root: Path, files: dict[str, bytes]) -> list[tuple[str, str]]:
+    """(state, path) of each managed copy that is missing or differs from its source."""
+    found = []
     for rel, content in files.items():
         path = root / rel
         if not path.is_file():
-            out.append(f"missing: {rel}")
+            found.append(("missing", rel))
         elif path.read_bytes() != content:
-            out.append(f"differs: {rel}")
+            found.append(("differs", rel))
+    return found
+
+
+def differences(root: Path) -> list[str]:
+    files = planned(root)
+    out = [f"{state}: {rel}" for state, rel in out_of_date(root, files)]
     out += [f"stale: {rel}" for rel in stale(root, files)]
     return out
 
@@ -120,12 +126,11 @@ def differences(root: Path) -> list[str]:
 def sync(root: Path) -> list[str]:
     files = planned(root)
     changed = []
-    for rel, content in files.items():
+    for _, rel in out_of_date(root, files):
         path = root / rel
-        if not path.is_file() or path.read_bytes() != content:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-            changed.append(f"wrote: {rel}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(files[rel])
+        changed.append(f"wrote: {rel}")
     for rel in stale(root, files):
         (root / rel).unlink()
         changed.append(f"deleted: {rel}")
