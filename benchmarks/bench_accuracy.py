@@ -14,7 +14,6 @@ the input:output split by < 1 %.
 from __future__ import annotations
 
 import argparse
-import math
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -42,23 +41,43 @@ def cases(duration: float, quick: bool) -> list[Case]:
         for interval in intervals:
             for scenario in SCENARIOS:
                 out.append(Case(scenario, scenario, truth, interval))
-            out.append(Case("restarts", "well_mixed", truth, interval,
-                            Faults(vllm_restarts=(duration * 0.3,), driver_resets=(duration * 0.6,),
-                                   nvml_error_rate=0.02, gain=1.03)))
+            out.append(
+                Case(
+                    "restarts",
+                    "well_mixed",
+                    truth,
+                    interval,
+                    Faults(
+                        vllm_restarts=(duration * 0.3,),
+                        driver_resets=(duration * 0.6,),
+                        nvml_error_rate=0.02,
+                        gain=1.03,
+                    ),
+                )
+            )
             out.append(Case("missed_scrapes", "well_mixed", truth, interval, missed=0.2))
     return out
 
 
 def run_case(case: Case, duration: float):
-    result = evaluate(SCENARIOS[case.scenario](), model=LLAMA_3_8B, truth=case.truth, interval=case.interval,
-                      duration=duration, faults=case.faults, missed_scrape_rate=case.missed)
+    result = evaluate(
+        SCENARIOS[case.scenario](),
+        model=LLAMA_3_8B,
+        truth=case.truth,
+        interval=case.interval,
+        duration=duration,
+        faults=case.faults,
+        missed_scrape_rate=case.missed,
+    )
     return case, result
 
 
 def gain_check(duration: float) -> list[tuple[float, float]]:
     ratios = []
     for gain in (0.95, 1.0, 1.05):
-        r = evaluate(SCENARIOS["well_mixed"](), model=LLAMA_3_8B, interval=5.0, duration=duration, faults=Faults(gain=gain))
+        r = evaluate(
+            SCENARIOS["well_mixed"](), model=LLAMA_3_8B, interval=5.0, duration=duration, faults=Faults(gain=gain)
+        )
         ratios.append((gain, r.split_ratio))
     return ratios
 
@@ -80,18 +99,22 @@ def main() -> None:
         literature = pool.submit(literature_check, args.duration)
         gain, literature = gain.result(), literature.result()
 
-    header = (f"| scenario | truth | interval | input | output | fit input | fit output | fit step | identified "
-              f"| all-to-output: input / output | request-time: input / output |")
+    header = (
+        "| scenario | truth | interval | input | output | fit input | fit output | fit step | identified "
+        "| all-to-output: input / output | request-time: input / output |"
+    )
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     failures = []
     for case, r in results:
         base_a, base_b = r.baselines["all_to_output"], r.baselines["request_time"]
-        row = (f"| {case.name} | {case.truth} | {case.interval:g} s | {fmt(r.share_error('input'))} | "
-               f"{fmt(r.share_error('output'))} | {fmt(r.coefficient_error('input'))} | "
-               f"{fmt(r.coefficient_error('output'))} | {fmt(r.coefficient_error('step'))} | {int(r.identified)} | "
-               f"{fmt(r.share_error('input', base_a))} / {fmt(r.share_error('output', base_a))} | "
-               f"{fmt(r.share_error('input', base_b))} / {fmt(r.share_error('output', base_b))} |")
+        row = (
+            f"| {case.name} | {case.truth} | {case.interval:g} s | {fmt(r.share_error('input'))} | "
+            f"{fmt(r.share_error('output'))} | {fmt(r.coefficient_error('input'))} | "
+            f"{fmt(r.coefficient_error('output'))} | {fmt(r.coefficient_error('step'))} | {int(r.identified)} | "
+            f"{fmt(r.share_error('input', base_a))} / {fmt(r.share_error('output', base_a))} | "
+            f"{fmt(r.share_error('input', base_b))} / {fmt(r.share_error('output', base_b))} |"
+        )
         print(row)
         if case.name == "well_mixed":
             limit = 0.05 if case.truth == "component" else 0.10
@@ -117,8 +140,10 @@ def main() -> None:
     j_in, j_out = lit.joules_per_token("input"), lit.joules_per_token("output")
     o_in, o_out = lit.joules_per_token("input", lit.oracle), lit.joules_per_token("output", lit.oracle)
     print()
-    print(f"literature check, Llama-2-70B on 2xH100 at batch ~16 (published: ~0.2 J per input token, ~2 J per "
-          f"output token): exporter {j_in:.3f} J / {j_out:.3f} J, oracle {o_in:.3f} J / {o_out:.3f} J")
+    print(
+        f"literature check, Llama-2-70B on 2xH100 at batch ~16 (published: ~0.2 J per input token, ~2 J per "
+        f"output token): exporter {j_in:.3f} J / {j_out:.3f} J, oracle {o_in:.3f} J / {o_out:.3f} J"
+    )
     for value, anchor, what in ((j_in, 0.2, "input"), (j_out, 2.0, "output")):
         if not anchor / 1.5 <= value <= anchor * 1.5:
             failures.append(f"literature {what} {value:.3f} J vs {anchor} J")

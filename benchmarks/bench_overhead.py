@@ -13,6 +13,7 @@ concurrent scrapers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import socket
@@ -41,10 +42,8 @@ def cpu_seconds(pid: int) -> float:
 def group_cpu_seconds(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError, IndexError):
             total += cpu_seconds(pid)
-        except (OSError, IndexError):
-            pass
     return total
 
 
@@ -115,14 +114,30 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="token-economy-bench-"))
     model = work / "model"
-    subprocess.run([args.vllm_python, str(Path(__file__).parents[1] / "tests" / "e2e" / "tiny_model.py"), str(model)],
-                   check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    subprocess.run(
+        [args.vllm_python, str(Path(__file__).parents[1] / "tests" / "e2e" / "tiny_model.py"), str(model)],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )
     server = VllmServer(args.vllm_python, model, workdir=work / "vllm").start()
     exporter = None
     try:
         server.wait_ready()
-        exporter = ExporterProcess(server.url, work, "--interval", str(args.interval), "--energy-source", "phase-model",
-                                   "--gpu-type", "H100", "--model-dir", str(model), "--log-format", "json").start()
+        exporter = ExporterProcess(
+            server.url,
+            work,
+            "--interval",
+            str(args.interval),
+            "--energy-source",
+            "phase-model",
+            "--gpu-type",
+            "H100",
+            "--model-dir",
+            str(model),
+            "--log-format",
+            "json",
+        ).start()
         pid = exporter.proc.pid
         stop = threading.Event()
         load = threading.Thread(target=keep_load, args=(server, stop), daemon=True)
@@ -145,16 +160,26 @@ def main() -> None:
         page_bytes = len(httpx.get(exporter.url + "/metrics").content)
         share = cpu / elapsed * 100
         print(f"window: {elapsed:.0f} s at --interval {args.interval}, vLLM under a steady light load")
-        print(f"exporter CPU: {cpu:.2f} s = {share:.3f} % of one core; vLLM CPU in the same window: {vllm_cpu:.1f} s "
-              f"(exporter/vLLM = {cpu / vllm_cpu * 100 if vllm_cpu else float('nan'):.3f} %)")
+        print(
+            f"exporter CPU: {cpu:.2f} s = {share:.3f} % of one core; vLLM CPU in the same window: {vllm_cpu:.1f} s "
+            f"(exporter/vLLM = {cpu / vllm_cpu * 100 if vllm_cpu else float('nan'):.3f} %)"
+        )
         print(f"exporter RSS: peak {peak_rss / 2**20:.1f} MiB")
-        print(f"/metrics ({page_bytes} bytes), {args.scrapers} concurrent scraper processes x {args.scrapes_per_scraper} "
-              f"scrapes, {args.scrape_pause * 1e3:.0f} ms apart: "
-              f"p50 {statistics.median(scrape) * 1e3:.2f} ms, p99 {pct(scrape, 0.99) * 1e3:.2f} ms")
-        print(f"/healthz baseline, same load: p50 {statistics.median(health) * 1e3:.2f} ms, p99 {pct(health, 0.99) * 1e3:.2f} ms "
-              f"(/metrics p99 / /healthz p99 = {pct(scrape, 0.99) / pct(health, 0.99):.2f}x)")
-        print(f"targets: CPU <= 1 %: {'PASS' if share <= 1 else 'FAIL'}; RSS <= 64 MB: "
-              f"{'PASS' if peak_rss <= 64e6 else 'FAIL'}; /metrics p99 <= 5 ms: {'PASS' if pct(scrape, 0.99) <= 5e-3 else 'FAIL'}")
+        print(
+            f"/metrics ({page_bytes} bytes), {args.scrapers} concurrent scraper processes x {args.scrapes_per_scraper} "
+            f"scrapes, {args.scrape_pause * 1e3:.0f} ms apart: "
+            f"p50 {statistics.median(scrape) * 1e3:.2f} ms, p99 {pct(scrape, 0.99) * 1e3:.2f} ms"
+        )
+        print(
+            f"/healthz baseline, same load: p50 {statistics.median(health) * 1e3:.2f} ms, "
+            f"p99 {pct(health, 0.99) * 1e3:.2f} ms "
+            f"(/metrics p99 / /healthz p99 = {pct(scrape, 0.99) / pct(health, 0.99):.2f}x)"
+        )
+        print(
+            f"targets: CPU <= 1 %: {'PASS' if share <= 1 else 'FAIL'}; RSS <= 64 MB: "
+            f"{'PASS' if peak_rss <= 64e6 else 'FAIL'}; "
+            f"/metrics p99 <= 5 ms: {'PASS' if pct(scrape, 0.99) <= 5e-3 else 'FAIL'}"
+        )
     finally:
         if exporter is not None:
             exporter.stop()

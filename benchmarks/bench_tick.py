@@ -48,8 +48,10 @@ def main() -> None:
         # The page's counters move every tick, so the estimator fits (a window per tick) as it would under load.
         clock[0] += 1.0
         tokens[0] += 1000.0
-        text = PAGE.replace("vllm:generation_tokens_total{engine=\"0\",model_name=\"tiny-llama\"} 1576.0",
-                            f"vllm:generation_tokens_total{{engine=\"0\",model_name=\"tiny-llama\"}} {1576.0 + tokens[0]}")
+        text = PAGE.replace(
+            'vllm:generation_tokens_total{engine="0",model_name="tiny-llama"} 1576.0',
+            f'vllm:generation_tokens_total{{engine="0",model_name="tiny-llama"}} {1576.0 + tokens[0]}',
+        )
         snapshot = parse(text, clock[0])
         energy = EnergySnapshot(clock[0], (GpuReading(0, "GPU-0", "NVIDIA H100", 300.0 * clock[0], 300.0, "counter"),))
         attributor.tick(snapshot, energy)
@@ -64,11 +66,16 @@ def main() -> None:
     ours_ms = statistics.median(ours) * 1e3
     base_ms = statistics.median(baseline) * 1e3
     print(f"page: {len(PAGE.encode())} bytes, {PAGE.count(chr(10))} lines")
-    print(f"parse + attribution per tick: median {ours_ms:.3f} ms, p99 {sorted(ours)[int(len(ours) * 0.99)] * 1e3:.3f} ms"
-          f" ({args.rounds} rounds)")
+    print(
+        f"parse + attribution per tick: median {ours_ms:.3f} ms, p99 {sorted(ours)[int(len(ours) * 0.99)] * 1e3:.3f} ms"
+        f" ({args.rounds} rounds)"
+    )
     print(f"prometheus_client full parse: median {base_ms:.3f} ms ({len(baseline)} rounds)")
     print(f"speed-up: {base_ms / ours_ms:.1f}x")
-    print(f"targets: median <= 1 ms: {'PASS' if ours_ms <= 1 else 'FAIL'}; >= 5x: {'PASS' if base_ms / ours_ms >= 5 else 'FAIL'}")
+    print(
+        f"targets: median <= 1 ms: {'PASS' if ours_ms <= 1 else 'FAIL'}; "
+        f">= 5x: {'PASS' if base_ms / ours_ms >= 5 else 'FAIL'}"
+    )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,10 @@ def solve_least_squares(rows: list[list[float]], targets: list[float]) -> list[f
     n = len(rows[0])
     scale = [math.sqrt(math.fsum(r[j] * r[j] for r in rows)) or 1.0 for j in range(n)]
     x = [[r[j] / scale[j] for j in range(n)] for r in rows]
-    a = [[math.fsum(r[i] * r[j] for r in x) for j in range(n)] + [math.fsum(r[i] * t for r, t in zip(x, targets))]
-         for i in range(n)]
+    a = [
+        [math.fsum(r[i] * r[j] for r in x) for j in range(n)] + [math.fsum(r[i] * t for r, t in zip(x, targets))]
+        for i in range(n)
+    ]
     for col in range(n):  # Gauss-Jordan with partial pivoting
         pivot = max(range(col, n), key=lambda i: abs(a[i][col]))
         a[col], a[pivot] = a[pivot], a[col]
@@ -77,11 +79,19 @@ def summarise(scenario: str, truth: str, duration: float) -> dict[str, float]:
 
 
 def fixed_cost_errors(scenario: str, truth: str, duration: float, costs: dict[str, float]) -> list[float]:
-    settings = Settings(estimator="prior", input_joules_per_token=max(costs["input"], 0.0),
-                        output_joules_per_token=max(costs["output"], 0.0), step_joules=max(costs["step"], 0.0),
-                        kv_joules_per_token=max(costs["kv"], 0.0))
-    return [evaluate(SCENARIOS[scenario](), model=LLAMA_3_8B, truth=truth, interval=i, duration=duration,
-                     settings=settings).share_error("input") for i in INTERVALS]
+    settings = Settings(
+        estimator="prior",
+        input_joules_per_token=max(costs["input"], 0.0),
+        output_joules_per_token=max(costs["output"], 0.0),
+        step_joules=max(costs["step"], 0.0),
+        kv_joules_per_token=max(costs["kv"], 0.0),
+    )
+    return [
+        evaluate(
+            SCENARIOS[scenario](), model=LLAMA_3_8B, truth=truth, interval=i, duration=duration, settings=settings
+        ).share_error("input")
+        for i in INTERVALS
+    ]
 
 
 def main() -> None:
@@ -103,10 +113,12 @@ def main() -> None:
         errors = fixed_cost_errors(args.scenario, truth, args.duration, costs)
         shown = ", ".join(f"{i:g} s {fmt(e)}" for i, e in zip(INTERVALS, errors))
         print(f"exporter with the {truth} truth's least-squares costs fixed, input share against its oracle: {shown}")
-        fitted = evaluate(SCENARIOS[args.scenario](), model=LLAMA_3_8B, truth=truth, interval=5.0,
-                          duration=args.duration).fitted
-        shown = ", ".join(f"{d} {fitted[d]:.4g} J ({fmt(fitted[d] / costs[d] - 1) if costs[d] > 0 else 'n/a'})"
-                          for d in DRIVERS)
+        fitted = evaluate(
+            SCENARIOS[args.scenario](), model=LLAMA_3_8B, truth=truth, interval=5.0, duration=args.duration
+        ).fitted
+        shown = ", ".join(
+            f"{d} {fitted[d]:.4g} J ({fmt(fitted[d] / costs[d] - 1) if costs[d] > 0 else 'n/a'})" for d in DRIVERS
+        )
         print(f"  the exporter's own fit against the {truth} truth ends at: {shown}")
 
 

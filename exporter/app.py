@@ -8,25 +8,31 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-from exporter import __version__, log as logging_setup
+from exporter import __version__
+from exporter import log as logging_setup
 from exporter.attribution.attributor import Attributor, Policy
 from exporter.attribution.estimator import EstimatorSettings, MarginalCostEstimator
 from exporter.attribution.idle import IdlePowerEstimator
 from exporter.attribution.prior import roofline_prior
 from exporter.collector import LedgerCollector
 from exporter.config import Estimator, Settings, StaticPowerPolicy, StepCostPolicy, env_name, flag_name
+from exporter.gpu_table import GpuSpec
 from exporter.ledger import Ledger
 from exporter.loop import CollectionLoop
+from exporter.model_spec import ModelSpec
 from exporter.model_spec import resolve as resolve_model
 from exporter.pricing import Prices
 from exporter.server import HttpServer, MetricsCache, Routes
-from exporter.gpu_table import GpuSpec
-from exporter.model_spec import ModelSpec
 from exporter.sources.energy import EnergySetup, EnergySourceError, open_energy_source
 from exporter.sources.vllm import VllmSource
 
-EXPLICIT_WEIGHTS = ("input_joules_per_token", "cached_input_joules_per_token", "output_joules_per_token",
-                    "step_joules", "kv_joules_per_token")
+EXPLICIT_WEIGHTS = (
+    "input_joules_per_token",
+    "cached_input_joules_per_token",
+    "output_joules_per_token",
+    "step_joules",
+    "kv_joules_per_token",
+)
 
 
 class StartupError(Exception):
@@ -80,8 +86,11 @@ def make_attributor(settings: Settings, gpu: GpuSpec, gpu_count: int, model: Mod
     limit_watts = max(settings.prefill_watts or 0.0, gpu.board_limit_watts) * gpu_count
     electricity = settings.electricity_price_per_kwh if settings.electricity_billing == "counted" else 0.0
     if settings.electricity_billing == "excluded" and log is not None:
-        log.warning("electricity_not_counted", reason="a GPU rental price is set and usually includes power; "
-                    "set --electricity-with-rental true to add electricity on top")
+        log.warning(
+            "electricity_not_counted",
+            reason="a GPU rental price is set and usually includes power; "
+            "set --electricity-with-rental true to add electricity on top",
+        )
     prices = Prices(settings.gpu_hourly_price, electricity, settings.pue, settings.grid_carbon_intensity)
     estimator = None
     if settings.estimator is Estimator.FITTED:
@@ -96,9 +105,16 @@ def make_attributor(settings: Settings, gpu: GpuSpec, gpu_count: int, model: Mod
             ),
         )
     if log is not None:
-        log.info("attribution_prior", gpu=gpu.key, gpus=gpu_count, model_params=model.active_params,
-                 model_spec=model.source, joules_per_input_token=prior.energy.input,
-                 joules_per_output_token=prior.energy.output, joules_per_step=prior.energy.step)
+        log.info(
+            "attribution_prior",
+            gpu=gpu.key,
+            gpus=gpu_count,
+            model_params=model.active_params,
+            model_spec=model.source,
+            joules_per_input_token=prior.energy.input,
+            joules_per_output_token=prior.energy.output,
+            joules_per_step=prior.energy.step,
+        )
     return Attributor(
         prior,
         IdlePowerEstimator(idle_watts, settings.idle_window, settings.idle_min_samples),
@@ -113,8 +129,12 @@ def make_attributor(settings: Settings, gpu: GpuSpec, gpu_count: int, model: Mod
     )
 
 
-def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpec | None = None,
-          energy_label: str | None = None) -> App:
+def build(
+    settings: Settings,
+    energy: EnergySetup | None = None,
+    model: ModelSpec | None = None,
+    energy_label: str | None = None,
+) -> App:
     """`energy` and `model` replace what the settings would open (the simulator passes its own)."""
     logging_setup.configure(settings.log_format.value, settings.log_level)
     log = logging_setup.get_logger()
@@ -140,7 +160,7 @@ def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpe
         "static_power_policy": settings.static_power_policy.value,
         "step_cost_policy": settings.step_cost_policy.value,
         "currency": settings.currency,
-        "python_version": "%d.%d" % sys.version_info[:2],
+        "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
     }
     ledger = Ledger()
     registry = CollectorRegistry(auto_describe=False)
@@ -158,8 +178,9 @@ def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpe
             f"cannot listen on {settings.listen_address}: {err.strerror or err}"
         ) from None
 
-    vllm = VllmSource(settings.vllm_url, settings.vllm_metrics_path, settings.effective_vllm_timeout,
-                      settings.vllm_max_response_bytes)
+    vllm = VllmSource(
+        settings.vllm_url, settings.vllm_metrics_path, settings.effective_vllm_timeout, settings.vllm_max_response_bytes
+    )
     loop = CollectionLoop(vllm, energy.source, attributor, ledger, log, settings.interval)
     closers = [vllm.close] + ([energy.source.close] if hasattr(energy.source, "close") else [])
     return App(loop, server, closers, log, ledger, attributor)

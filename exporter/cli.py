@@ -24,8 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the sidecar beside a vLLM server",
-                              description="Every flag can also be set as TOKEN_ECONOMY_<NAME> in the environment.")
+    run = commands.add_parser(
+        "run",
+        help="run the sidecar beside a vLLM server",
+        description="Every flag can also be set as TOKEN_ECONOMY_<NAME> in the environment.",
+    )
     run.add_argument("--config", metavar="FILE", help=f"TOML file of settings (also {CONFIG_FILE_ENV})")
     for name, field in Settings.model_fields.items():
         default = field.default
@@ -37,9 +40,11 @@ def _parser() -> argparse.ArgumentParser:
             help=f"{field.description} [{env_name(name)}; default: {getattr(default, 'value', default)}]",
         )
     simulate = commands.add_parser(
-        "simulate", help="run a simulated vLLM server and GPU, and the exporter on them (no GPU needed)",
+        "simulate",
+        help="run a simulated vLLM server and GPU, and the exporter on them (no GPU needed)",
         description="A simulated vLLM engine and GPU behind a local endpoint, the exporter scraping it, and a live "
-                    "summary of what it attributes next to the simulator's ground truth.")
+        "summary of what it attributes next to the simulator's ground truth.",
+    )
     from exporter.simulate import add_arguments
 
     add_arguments(simulate)

@@ -62,30 +62,56 @@ class Settings(BaseSettings):
         "then NVIDIA_VISIBLE_DEVICES, else all GPUs.",
     )
     energy_source: EnergySource = Field(EnergySource.AUTO, description="auto, nvml or phase-model.")
-    power_sample_hz: float = Field(20.0, ge=10, le=1000, description="Power sampling rate where a GPU lacks the energy counter.")
-    gpu_type: str | None = Field(None, description="GPU table entry (H100, H200, A100, L40S, L4, A10G) when NVML cannot name it.")
+    power_sample_hz: float = Field(
+        20.0, ge=10, le=1000, description="Power sampling rate where a GPU lacks the energy counter."
+    )
+    gpu_type: str | None = Field(
+        None, description="GPU table entry (H100, H200, A100, L40S, L4, A10G) when NVML cannot name it."
+    )
     gpu_count: int | None = Field(None, ge=1, le=64, description="GPUs for the phase model when --gpus is not given.")
     idle_watts: float | None = Field(None, gt=0, description="Per-GPU idle power; overrides the GPU table.")
-    prefill_watts: float | None = Field(None, gt=0, description="Per-GPU power while prefilling; overrides the GPU table.")
+    prefill_watts: float | None = Field(
+        None, gt=0, description="Per-GPU power while prefilling; overrides the GPU table."
+    )
     decode_watts: float | None = Field(None, gt=0, description="Per-GPU power while decoding; overrides the GPU table.")
     model_dir: Path | None = Field(None, description="Directory holding the served model's config.json.")
     model_params: float | None = Field(None, gt=0, description="Active parameters of the model (e.g. 8e9).")
-    bytes_per_param: float | None = Field(None, gt=0, le=8, description="Weight bytes per parameter; default from config.json, else 2.")
-    input_joules_per_token: float | None = Field(None, ge=0, description="Explicit marginal energy of a computed prompt token.")
-    cached_input_joules_per_token: float | None = Field(None, ge=0, description="Explicit marginal energy of a prefix-cache hit.")
-    output_joules_per_token: float | None = Field(None, ge=0, description="Explicit marginal energy of an output token (per-token part).")
-    step_joules: float | None = Field(None, ge=0, description="Explicit marginal energy of one engine step (weight stream).")
-    kv_joules_per_token: float | None = Field(None, ge=0, description="Explicit marginal energy of reading one context token's KV.")
+    bytes_per_param: float | None = Field(
+        None, gt=0, le=8, description="Weight bytes per parameter; default from config.json, else 2."
+    )
+    input_joules_per_token: float | None = Field(
+        None, ge=0, description="Explicit marginal energy of a computed prompt token."
+    )
+    cached_input_joules_per_token: float | None = Field(
+        None, ge=0, description="Explicit marginal energy of a prefix-cache hit."
+    )
+    output_joules_per_token: float | None = Field(
+        None, ge=0, description="Explicit marginal energy of an output token (per-token part)."
+    )
+    step_joules: float | None = Field(
+        None, ge=0, description="Explicit marginal energy of one engine step (weight stream)."
+    )
+    kv_joules_per_token: float | None = Field(
+        None, ge=0, description="Explicit marginal energy of reading one context token's KV."
+    )
     compute_efficiency: float = Field(0.5, gt=0, le=1, description="Fraction of peak FLOP/s reached by prefill.")
-    bandwidth_efficiency: float = Field(0.7, gt=0, le=1, description="Fraction of peak memory bandwidth reached by decode.")
+    bandwidth_efficiency: float = Field(
+        0.7, gt=0, le=1, description="Fraction of peak memory bandwidth reached by decode."
+    )
     step_overhead_seconds: float = Field(0.002, ge=0, le=1, description="Fixed time of one engine step, at idle power.")
     static_power_policy: StaticPowerPolicy = Field(StaticPowerPolicy.OCCUPANCY, description="occupancy or idle.")
     step_cost_policy: StepCostPolicy = Field(StepCostPolicy.OUTPUT, description="output or tokens.")
     estimator: Estimator = Field(Estimator.FITTED, description="fitted or prior: how marginal costs are found.")
-    fit_window_seconds: float = Field(30.0, ge=1, le=3600, description="Seconds of work gathered before one estimator update.")
-    prior_reversion_seconds: float = Field(3600.0, ge=60, description="Time constant of the estimator's pull back to the prior.")
+    fit_window_seconds: float = Field(
+        30.0, ge=1, le=3600, description="Seconds of work gathered before one estimator update."
+    )
+    prior_reversion_seconds: float = Field(
+        3600.0, ge=60, description="Time constant of the estimator's pull back to the prior."
+    )
     measurement_noise: float = Field(0.05, gt=0, le=1, description="Relative noise of one window's measured energy.")
-    identified_ratio: float = Field(0.5, gt=0, le=1, description="Posterior/prior uncertainty below which input and output count as identified.")
+    identified_ratio: float = Field(
+        0.5, gt=0, le=1, description="Posterior/prior uncertainty below which input and output count as identified."
+    )
     idle_window: int = Field(120, ge=3, le=100_000, description="Idle intervals in the idle-power median.")
     idle_min_samples: int = Field(5, ge=1, description="Idle intervals needed before the median replaces the prior.")
     prior_relative_stddev: float = Field(0.5, gt=0, le=10, description="Relative uncertainty of the roofline prior.")
@@ -124,7 +150,7 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
         try:
-            parts.port
+            _ = parts.port  # raises on a port that is not a number in range
         except ValueError as err:
             raise ValueError(f"bad port: {err}") from None
         return value.rstrip("/")
@@ -176,7 +202,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Settings":
+    def _consistent(self) -> Settings:
         if self.vllm_timeout is not None and self.vllm_timeout >= self.interval:
             raise ValueError("vllm_timeout must be shorter than interval")
         if self.model_dir is not None and not (self.model_dir / "config.json").is_file():

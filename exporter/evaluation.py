@@ -19,7 +19,7 @@ from exporter.attribution.estimator import DRIVERS
 from exporter.attribution.split import CACHED_INPUT, IDLE, INPUT, OUTPUT
 from exporter.config import Settings
 from exporter.model_spec import ModelSpec
-from exporter.sim import Faults, Simulation, SimEnergySource, SimVllmSource
+from exporter.sim import Faults, SimEnergySource, Simulation, SimVllmSource
 from exporter.sim.workload import Scenario
 from exporter.sources.snapshots import SourceError
 

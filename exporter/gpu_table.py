@@ -34,8 +34,7 @@ GPU_TABLE: dict[str, GpuSpec] = {
 
 # Longest keys first so that "L40S" wins over "L4" and "H200" is never read as something shorter.
 _PATTERNS = [
-    (re.compile(rf"(?<![A-Z0-9]){re.escape(key)}(?![A-Z0-9])"), key)
-    for key in sorted(GPU_TABLE, key=len, reverse=True)
+    (re.compile(rf"(?<![A-Z0-9]){re.escape(key)}(?![A-Z0-9])"), key) for key in sorted(GPU_TABLE, key=len, reverse=True)
 ]
 
 

@@ -10,10 +10,15 @@ from dataclasses import dataclass, field
 from exporter.attribution.attributor import TickResult
 from exporter.attribution.split import IDLE
 
-
 KNOWN_ERRORS = (
-    ("vllm", "connection"), ("vllm", "timeout"), ("vllm", "http_status"), ("vllm", "too_large"), ("vllm", "parse"),
-    ("vllm", "internal"), ("energy", "internal"), ("exporter", "internal"),
+    ("vllm", "connection"),
+    ("vllm", "timeout"),
+    ("vllm", "http_status"),
+    ("vllm", "too_large"),
+    ("vllm", "parse"),
+    ("vllm", "internal"),
+    ("energy", "internal"),
+    ("exporter", "internal"),
 )
 
 
@@ -54,7 +59,7 @@ class LedgerView:
     last_tick_unixtime: float = 0.0
     ready: bool = False
 
-    def copy(self) -> "LedgerView":
+    def copy(self) -> LedgerView:
         clone = LedgerView()
         for name in self.__slots__:
             value = getattr(self, name)

@@ -12,9 +12,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 def configure(log_format: str = "json", level: str = "info") -> None:
     renderer = (
-        structlog.processors.JSONRenderer()
-        if log_format == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if log_format == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[
@@ -37,7 +35,7 @@ class Episode:
     """Logs a source's state changes only: the first failure of an outage (and a change of
     cause), then its recovery with how many reads failed in between."""
 
-    __slots__ = ("_log", "_source", "_reason", "_failures")
+    __slots__ = ("_failures", "_log", "_reason", "_source")
 
     def __init__(self, log, source: str) -> None:
         self._log = log
@@ -52,8 +50,12 @@ class Episode:
     def failed(self, reason: str, detail: str = "") -> None:
         self._failures += 1
         if reason != self._reason:
-            self._log.warning("source_lost" if self._reason is None else "source_failure_changed",
-                              source=self._source, reason=reason, detail=detail)
+            self._log.warning(
+                "source_lost" if self._reason is None else "source_failure_changed",
+                source=self._source,
+                reason=reason,
+                detail=detail,
+            )
             self._reason = reason
 
     def succeeded(self) -> None:

@@ -89,8 +89,11 @@ class CollectionLoop:
         self._episodes["vllm"].succeeded()
         if snapshot.missing_families != self._missing_reported:
             if snapshot.missing_families:
-                self._log.warning("vllm_families_missing", families=sorted(snapshot.missing_families),
-                                  effect="attribution degrades: absent counters are treated as unknown")
+                self._log.warning(
+                    "vllm_families_missing",
+                    families=sorted(snapshot.missing_families),
+                    effect="attribution degrades: absent counters are treated as unknown",
+                )
             self._missing_reported = snapshot.missing_families
         return snapshot
 

@@ -7,8 +7,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-_DTYPE_BYTES = {"float32": 4.0, "float": 4.0, "float16": 2.0, "half": 2.0, "bfloat16": 2.0,
-                "float8_e4m3fn": 1.0, "float8_e5m2": 1.0, "int8": 1.0}
+_DTYPE_BYTES = {
+    "float32": 4.0,
+    "float": 4.0,
+    "float16": 2.0,
+    "half": 2.0,
+    "bfloat16": 2.0,
+    "float8_e4m3fn": 1.0,
+    "float8_e5m2": 1.0,
+    "int8": 1.0,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +67,12 @@ def from_config(config: dict, bytes_per_param: float | None = None) -> ModelSpec
     return ModelSpec(float(active), float(total), bytes_per_param, kv_bytes, "config.json")
 
 
-def resolve(model_dir: Path | None, model_params: float | None, bytes_per_param: float | None,
-            model_names: list[str] | None = None) -> ModelSpec:
+def resolve(
+    model_dir: Path | None,
+    model_params: float | None,
+    bytes_per_param: float | None,
+    model_names: list[str] | None = None,
+) -> ModelSpec:
     """A setting wins, then a readable config.json (given, or the served model's path), then the default."""
     if model_params is not None:
         return ModelSpec(model_params, model_params, bytes_per_param or 2.0, 0.0, "setting")

@@ -25,8 +25,13 @@ from exporter.ledger import Ledger
 
 
 class MetricsCache:
-    def __init__(self, registry: CollectorRegistry, ledger: Ledger, max_age: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        ledger: Ledger,
+        max_age: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._registry = registry
         self._ledger = ledger
         self._max_age = max_age
@@ -52,7 +57,8 @@ def _landing(vllm_url: str, energy_source: str) -> bytes:
 <h1>Token Economy Exporter {html.escape(__version__)}</h1>
 <p>What each input and output token of the vLLM server at <code>{html.escape(vllm_url)}</code> costs,
 in joules, money and CO2 (energy source: {html.escape(energy_source)}).</p>
-<ul><li><a href="metrics">/metrics</a></li><li><a href="healthz">/healthz</a></li><li><a href="readyz">/readyz</a></li></ul>
+<ul><li><a href="metrics">/metrics</a></li><li><a href="healthz">/healthz</a></li>
+<li><a href="readyz">/readyz</a></li></ul>
 </body></html>""".encode()
 
 
@@ -67,8 +73,9 @@ class Routes:
     def answer(self, path: str, headers: dict[str, str]) -> tuple[int, str, bytes, bool]:
         path = path.split("?", 1)[0]
         if path == "/metrics":
-            body, content_type, compressed = self._cache.render(headers.get("accept", ""),
-                                                                headers.get("accept-encoding", ""))
+            body, content_type, compressed = self._cache.render(
+                headers.get("accept", ""), headers.get("accept-encoding", "")
+            )
             return 200, content_type, body, compressed
         if path == "/healthz":
             return 200, _TEXT, b"ok\n", False
@@ -152,7 +159,8 @@ class HttpServer:
                     return
                 method, target, version = parts
                 close = headers.get("connection", "").lower() == "close" or (
-                    version == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive")
+                    version == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive"
+                )
                 if method not in ("GET", "HEAD"):
                     writer.write(_response(405, _TEXT, b"method not allowed\n", False, close))
                 else:
@@ -160,8 +168,11 @@ class HttpServer:
                         status, content_type, body, gzipped = self._routes.answer(target, headers)
                     except Exception:  # a rendering bug must not take the server down
                         status, content_type, body, gzipped = 500, _TEXT, b"internal error\n", False
-                    writer.write(_response(status, content_type, b"" if method == "HEAD" else body, gzipped, close,
-                                           length=len(body)))
+                    writer.write(
+                        _response(
+                            status, content_type, b"" if method == "HEAD" else body, gzipped, close, length=len(body)
+                        )
+                    )
                 await writer.drain()
                 if close:
                     return
@@ -181,10 +192,15 @@ class HttpServer:
         self._sock.close()
 
 
-def _response(status: int, content_type: str, body: bytes, gzipped: bool, close: bool, length: int | None = None) -> bytes:
-    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", f"Content-Type: {content_type}",
-            f"Content-Length: {len(body) if length is None else length}",
-            f"Server: token-economy-exporter/{__version__}"]
+def _response(
+    status: int, content_type: str, body: bytes, gzipped: bool, close: bool, length: int | None = None
+) -> bytes:
+    head = [
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body) if length is None else length}",
+        f"Server: token-economy-exporter/{__version__}",
+    ]
     if gzipped:
         head.append("Content-Encoding: gzip")
     if close:

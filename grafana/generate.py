@@ -40,9 +40,18 @@ def drift() -> list[str]:
     for path, text in rendered().items():
         committed = path.read_text(encoding="utf-8") if path.exists() else ""
         if committed != text:
-            diffs.append("".join(difflib.unified_diff(
-                committed.splitlines(keepends=True), text.splitlines(keepends=True),
-                f"{path.name} (committed)", f"{path.name} (from the code)", n=2)) or f"{path}: missing\n")
+            diffs.append(
+                "".join(
+                    difflib.unified_diff(
+                        committed.splitlines(keepends=True),
+                        text.splitlines(keepends=True),
+                        f"{path.name} (committed)",
+                        f"{path.name} (from the code)",
+                        n=2,
+                    )
+                )
+                or f"{path}: missing\n"
+            )
     return diffs
 
 

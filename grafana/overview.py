@@ -20,7 +20,8 @@ with warnings.catch_warnings():
     from grafana_foundation_sdk.builders import common as common_builder
     from grafana_foundation_sdk.builders import dashboard as dash
     from grafana_foundation_sdk.builders import prometheus, stat, timeseries
-from grafana_foundation_sdk.models import common, dashboard as dash_model
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as dash_model
 
 UID = "token-economy-overview"
 TITLE = "Token Economy / Overview"
@@ -76,24 +77,14 @@ def energy_per_token(classes: str = "input|cached_input|output", by: str = "mode
 
 
 def idle_share(metric: str, by: str) -> str:
-    return (
-        f"{_rate(metric, ONLY_IDLE, by)}\n"
-        f"  / ({_rate(metric, BY_MODEL, by)} > 0)"
-    )
+    return f"{_rate(metric, ONLY_IDLE, by)}\n  / ({_rate(metric, BY_MODEL, by)} > 0)"
 
 
 # -- builders ----------------------------------------------------------------------------------
 
 
 def query(ref_id: str, expr: str, legend: str) -> prometheus.Dataquery:
-    return (
-        prometheus.Dataquery()
-        .datasource(DATASOURCE)
-        .ref_id(ref_id)
-        .expr(expr)
-        .legend_format(legend)
-        .range()
-    )
+    return prometheus.Dataquery().datasource(DATASOURCE).ref_id(ref_id).expr(expr).legend_format(legend).range()
 
 
 def legend() -> common_builder.VizLegendOptions:
@@ -106,9 +97,17 @@ def legend() -> common_builder.VizLegendOptions:
     )
 
 
-def series(title: str, description: str, unit: str, *queries: prometheus.Dataquery,
-           width: int = 12, height: int = 8, stacked: bool = False, log_scale: bool = False,
-           decimals: int | None = None) -> timeseries.Panel:
+def series(
+    title: str,
+    description: str,
+    unit: str,
+    *queries: prometheus.Dataquery,
+    width: int = 12,
+    height: int = 8,
+    stacked: bool = False,
+    log_scale: bool = False,
+    decimals: int | None = None,
+) -> timeseries.Panel:
     panel = (
         timeseries.Panel()
         .title(title)
@@ -118,7 +117,9 @@ def series(title: str, description: str, unit: str, *queries: prometheus.Dataque
         .span(width)
         .height(height)
         .legend(legend())
-        .tooltip(common_builder.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI).sort(common.SortOrder.DESCENDING))
+        .tooltip(
+            common_builder.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI).sort(common.SortOrder.DESCENDING)
+        )
         .line_width(1)
         .fill_opacity(40 if stacked else 10)
         .show_points(common.VisibilityMode.NEVER)
@@ -127,7 +128,9 @@ def series(title: str, description: str, unit: str, *queries: prometheus.Dataque
     if stacked:
         panel = panel.stacking(common_builder.StackingConfig().mode(common.StackingMode.NORMAL))
     if log_scale:
-        panel = panel.scale_distribution(common_builder.ScaleDistributionConfig().type(common.ScaleDistribution.LOG).log(10))
+        panel = panel.scale_distribution(
+            common_builder.ScaleDistributionConfig().type(common.ScaleDistribution.LOG).log(10)
+        )
     if decimals is not None:
         panel = panel.decimals(decimals)
     for q in queries:
@@ -135,9 +138,16 @@ def series(title: str, description: str, unit: str, *queries: prometheus.Dataque
     return panel
 
 
-def single(title: str, description: str, unit: str, *queries: prometheus.Dataquery,
-           width: int = 6, height: int = 4, mappings: list | None = None,
-           thresholds: list[tuple[float | None, str]] | None = None) -> stat.Panel:
+def single(
+    title: str,
+    description: str,
+    unit: str,
+    *queries: prometheus.Dataquery,
+    width: int = 6,
+    height: int = 4,
+    mappings: list | None = None,
+    thresholds: list[tuple[float | None, str]] | None = None,
+) -> stat.Panel:
     panel = (
         stat.Panel()
         .title(title)
@@ -166,30 +176,47 @@ def single(title: str, description: str, unit: str, *queries: prometheus.Dataque
 
 def dashed(panel: timeseries.Panel, regexp: str) -> timeseries.Panel:
     """Draw the series whose display name matches `regexp` as dashed lines without fill."""
-    return panel.override_by_regexp(regexp, [
-        dash_model.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
-        dash_model.DynamicConfigValue(id_val="custom.fillOpacity", value=0),
-    ])
+    return panel.override_by_regexp(
+        regexp,
+        [
+            dash_model.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
+            dash_model.DynamicConfigValue(id_val="custom.fillOpacity", value=0),
+        ],
+    )
 
 
 def with_band(title: str, description: str, value: str, stddev: str, legend: str) -> timeseries.Panel:
     """A fitted value with dashed ±1σ lines around it (the lower one clamped at zero), log scale."""
-    return dashed(series(
-        title, description, "joule",
-        query("A", value, legend),
-        query("B", f"{value} + {stddev}", f"{legend} +1σ"),
-        query("C", f"clamp_min({value} - {stddev}, 0)", f"{legend} -1σ"),
-        log_scale=True), ".*[+-]1σ$")
+    return dashed(
+        series(
+            title,
+            description,
+            "joule",
+            query("A", value, legend),
+            query("B", f"{value} + {stddev}", f"{legend} +1σ"),
+            query("C", f"clamp_min({value} - {stddev}, 0)", f"{legend} -1σ"),
+            log_scale=True,
+        ),
+        ".*[+-]1σ$",
+    )
 
 
-UP_DOWN = [dash_model.ValueMap(options={
-    "0": dash_model.ValueMappingResult(text="DOWN", color="red", index=0),
-    "1": dash_model.ValueMappingResult(text="UP", color="green", index=1),
-})]
-YES_NO = [dash_model.ValueMap(options={
-    "0": dash_model.ValueMappingResult(text="no", color="orange", index=0),
-    "1": dash_model.ValueMappingResult(text="yes", color="green", index=1),
-})]
+UP_DOWN = [
+    dash_model.ValueMap(
+        options={
+            "0": dash_model.ValueMappingResult(text="DOWN", color="red", index=0),
+            "1": dash_model.ValueMappingResult(text="UP", color="green", index=1),
+        }
+    )
+]
+YES_NO = [
+    dash_model.ValueMap(
+        options={
+            "0": dash_model.ValueMappingResult(text="no", color="orange", index=0),
+            "1": dash_model.ValueMappingResult(text="yes", color="green", index=1),
+        }
+    )
+]
 
 
 # -- the dashboard -----------------------------------------------------------------------------
@@ -198,51 +225,81 @@ YES_NO = [dash_model.ValueMap(options={
 def cost_row() -> dash.Row:
     out_cost = cost_per_million_allocated("output")
     in_cost = cost_per_million_allocated("input")
-    ratio = (
-        f"(\n{energy_per_token('output')}\n)\n"
-        f"  / ignoring (token_class)\n"
-        f"(\n{energy_per_token('input')}\n)"
-    )
+    ratio = f"(\n{energy_per_token('output')}\n)\n  / ignoring (token_class)\n(\n{energy_per_token('input')}\n)"
     return (
         dash.Row("Cost per token")
-        .with_panel(single(
-            "Output tokens: cost per million", "Allocated cost (rental + electricity of the GPU time and energy "
-            "spent decoding) per million output tokens, idle excluded. Currency in the series name.",
-            COST_PER_MTOK, query("A", out_cost, "{{model_name}} ({{currency}})")))
-        .with_panel(single(
-            "Input tokens: cost per million", "Allocated cost per million computed prompt tokens (prefix-cache "
-            "hits excluded), idle excluded.",
-            COST_PER_MTOK, query("A", in_cost, "{{model_name}} ({{currency}})")))
-        .with_panel(single(
-            "Output vs input energy per token", "How many times more energy an output token takes than a "
-            "computed input token (allocated J per token, output / input).",
-            "suffix:×", query("A", ratio, "{{model_name}}")))
-        .with_panel(single(
-            "Idle share of cost", "Share of the cost paid for GPU time that served no token.",
-            "percentunit", query("A", idle_share("token_economy_cost_total", "model_name, currency"),
-                                 "{{model_name}} ({{currency}})"),
-            thresholds=[(None, "green"), (0.5, "orange"), (0.8, "red")]))
-        .with_panel(series(
-            "Cost per million tokens: input vs cached input vs output (allocated)",
-            "Each class's own cost (rental and electricity of the GPU time and energy attributed to it) "
-            "over its tokens. Idle is not included: see the fully loaded panel.",
-            COST_PER_MTOK,
-            query("A", cost_per_million_allocated(), "{{model_name}} {{token_class}} ({{currency}})"),
-            log_scale=True))
-        .with_panel(series(
-            "Cost per million tokens: fully loaded (idle spread over tokens)",
-            "Allocated cost x (total cost / non-idle cost): the idle cost is spread over the token classes "
-            "in proportion to the cost each already carries, so all tokens together pay the whole bill.",
-            COST_PER_MTOK,
-            query("A", cost_per_million_fully_loaded(), "{{model_name}} {{token_class}} ({{currency}})"),
-            log_scale=True))
-        .with_panel(series(
-            "Idle share of cost and energy",
-            "Share of the cost, and of the GPU energy, that served no token (idle / total).",
-            "percentunit",
-            query("A", idle_share("token_economy_cost_total", "model_name, currency"), "{{model_name}} cost ({{currency}})"),
-            query("B", idle_share("token_economy_energy_joules_total", "model_name"), "{{model_name}} energy"),
-            width=24, height=7))
+        .with_panel(
+            single(
+                "Output tokens: cost per million",
+                "Allocated cost (rental + electricity of the GPU time and energy "
+                "spent decoding) per million output tokens, idle excluded. Currency in the series name.",
+                COST_PER_MTOK,
+                query("A", out_cost, "{{model_name}} ({{currency}})"),
+            )
+        )
+        .with_panel(
+            single(
+                "Input tokens: cost per million",
+                "Allocated cost per million computed prompt tokens (prefix-cache hits excluded), idle excluded.",
+                COST_PER_MTOK,
+                query("A", in_cost, "{{model_name}} ({{currency}})"),
+            )
+        )
+        .with_panel(
+            single(
+                "Output vs input energy per token",
+                "How many times more energy an output token takes than a "
+                "computed input token (allocated J per token, output / input).",
+                "suffix:×",
+                query("A", ratio, "{{model_name}}"),
+            )
+        )
+        .with_panel(
+            single(
+                "Idle share of cost",
+                "Share of the cost paid for GPU time that served no token.",
+                "percentunit",
+                query(
+                    "A", idle_share("token_economy_cost_total", "model_name, currency"), "{{model_name}} ({{currency}})"
+                ),
+                thresholds=[(None, "green"), (0.5, "orange"), (0.8, "red")],
+            )
+        )
+        .with_panel(
+            series(
+                "Cost per million tokens: input vs cached input vs output (allocated)",
+                "Each class's own cost (rental and electricity of the GPU time and energy attributed to it) "
+                "over its tokens. Idle is not included: see the fully loaded panel.",
+                COST_PER_MTOK,
+                query("A", cost_per_million_allocated(), "{{model_name}} {{token_class}} ({{currency}})"),
+                log_scale=True,
+            )
+        )
+        .with_panel(
+            series(
+                "Cost per million tokens: fully loaded (idle spread over tokens)",
+                "Allocated cost x (total cost / non-idle cost): the idle cost is spread over the token classes "
+                "in proportion to the cost each already carries, so all tokens together pay the whole bill.",
+                COST_PER_MTOK,
+                query("A", cost_per_million_fully_loaded(), "{{model_name}} {{token_class}} ({{currency}})"),
+                log_scale=True,
+            )
+        )
+        .with_panel(
+            series(
+                "Idle share of cost and energy",
+                "Share of the cost, and of the GPU energy, that served no token (idle / total).",
+                "percentunit",
+                query(
+                    "A",
+                    idle_share("token_economy_cost_total", "model_name, currency"),
+                    "{{model_name}} cost ({{currency}})",
+                ),
+                query("B", idle_share("token_economy_energy_joules_total", "model_name"), "{{model_name}} energy"),
+                width=24,
+                height=7,
+            )
+        )
     )
 
 
@@ -253,72 +310,125 @@ def energy_row() -> dash.Row:
     driver_sd = f"token_economy_marginal_energy_joules_stddev{{{BY_MODEL}}}"
     return (
         dash.Row("Energy")
-        .with_panel(series(
-            "Energy per token (allocated)",
-            "Energy attributed to each class over its tokens.",
-            "joule",
-            query("A", energy_per_token(), "{{model_name}} {{token_class}}"),
-            log_scale=True))
-        .with_panel(series(
-            "Energy split over time (power by class)",
-            "Average power attributed to each class, idle included; the stack is the GPUs' total power.",
-            "watt",
-            query("A", _rate("token_economy_energy_joules_total", BY_MODEL, "model_name, token_class"),
-                  "{{model_name}} {{token_class}}"),
-            stacked=True))
-        .with_panel(dashed(series(
-            "GPU power",
-            "Latest power of each GPU (modelled when build_info energy_source is phase-model), and the "
-            "exporter's idle-power estimate for the server's GPUs (dashed).",
-            "watt",
-            query("A", f"token_economy_gpu_power_watts{{{BY_INSTANCE}}}", "{{instance}} GPU {{gpu}} {{gpu_name}}"),
-            query("B", f"token_economy_idle_power_watts{{{BY_MODEL}}}", "{{instance}} {{model_name}} idle estimate"),
-        ), ".*idle estimate$"))
-        .with_panel(series(
-            "Estimated GPU occupancy",
-            "Estimated GPU time spent on tokens over wall time covered by attribution (roofline occupancy).",
-            "percentunit",
-            query("A", (
-                f"sum by (instance, model_name) (rate(token_economy_busy_seconds_total{{{BY_MODEL}}}[{RI}]))\n"
-                f"  / on (instance) group_left ()\n"
-                f"(sum by (instance) (rate(token_economy_attributed_seconds_total{{{BY_INSTANCE}}}[{RI}])) > 0)"
-            ), "{{instance}} {{model_name}}")))
-        .with_panel(with_band(
-            "Marginal energy per token (value ± 1σ)",
-            "Marginal energy of one more token of each class (output includes its share of the per-step "
-            "weight stream), with its standard deviation: fitted where the data allow, else the prior.",
-            marginal, marginal_sd, "{{model_name}} {{token_class}} @ {{instance}}"))
-        .with_panel(with_band(
-            "Fitted marginal energy per cost driver (value ± 1σ)",
-            "The estimator's coefficients: a computed input token, an output token's own FLOPs, an engine "
-            "step (the weight stream), a context token's KV read.",
-            driver, driver_sd, "{{model_name}} {{driver}} @ {{instance}}"))
+        .with_panel(
+            series(
+                "Energy per token (allocated)",
+                "Energy attributed to each class over its tokens.",
+                "joule",
+                query("A", energy_per_token(), "{{model_name}} {{token_class}}"),
+                log_scale=True,
+            )
+        )
+        .with_panel(
+            series(
+                "Energy split over time (power by class)",
+                "Average power attributed to each class, idle included; the stack is the GPUs' total power.",
+                "watt",
+                query(
+                    "A",
+                    _rate("token_economy_energy_joules_total", BY_MODEL, "model_name, token_class"),
+                    "{{model_name}} {{token_class}}",
+                ),
+                stacked=True,
+            )
+        )
+        .with_panel(
+            dashed(
+                series(
+                    "GPU power",
+                    "Latest power of each GPU (modelled when build_info energy_source is phase-model), and the "
+                    "exporter's idle-power estimate for the server's GPUs (dashed).",
+                    "watt",
+                    query(
+                        "A", f"token_economy_gpu_power_watts{{{BY_INSTANCE}}}", "{{instance}} GPU {{gpu}} {{gpu_name}}"
+                    ),
+                    query(
+                        "B",
+                        f"token_economy_idle_power_watts{{{BY_MODEL}}}",
+                        "{{instance}} {{model_name}} idle estimate",
+                    ),
+                ),
+                ".*idle estimate$",
+            )
+        )
+        .with_panel(
+            series(
+                "Estimated GPU occupancy",
+                "Estimated GPU time spent on tokens over wall time covered by attribution (roofline occupancy).",
+                "percentunit",
+                query(
+                    "A",
+                    (
+                        f"sum by (instance, model_name) (rate(token_economy_busy_seconds_total{{{BY_MODEL}}}[{RI}]))\n"
+                        f"  / on (instance) group_left ()\n"
+                        f"(sum by (instance) (rate(token_economy_attributed_seconds_total{{{BY_INSTANCE}}}[{RI}])) > 0)"
+                    ),
+                    "{{instance}} {{model_name}}",
+                ),
+            )
+        )
+        .with_panel(
+            with_band(
+                "Marginal energy per token (value ± 1σ)",
+                "Marginal energy of one more token of each class (output includes its share of the per-step "
+                "weight stream), with its standard deviation: fitted where the data allow, else the prior.",
+                marginal,
+                marginal_sd,
+                "{{model_name}} {{token_class}} @ {{instance}}",
+            )
+        )
+        .with_panel(
+            with_band(
+                "Fitted marginal energy per cost driver (value ± 1σ)",
+                "The estimator's coefficients: a computed input token, an output token's own FLOPs, an engine "
+                "step (the weight stream), a context token's KV read.",
+                driver,
+                driver_sd,
+                "{{model_name}} {{driver}} @ {{instance}}",
+            )
+        )
         # token_economy_attribution_residual_ratio is left out: it is absent until the first fit,
         # and never fitted from modelled energy (energy_source="phase-model"), so a panel of it
         # would be empty on every machine without a GPU.
-        .with_panel(single(
-            "Attribution identified", "yes: the data separate input from output cost; no: the split still "
-            "leans on the roofline prior.",
-            "none", query("A", f"token_economy_attribution_identified{{{BY_MODEL}}}", "{{model_name}} @ {{instance}}"),
-            mappings=YES_NO, width=12, height=5))
-        .with_panel(single(
-            "Idle power measured", "yes: the idle power comes from measured idle intervals; no: it is the "
-            "GPU table's figure.",
-            "none", query("A", f"token_economy_idle_power_measured{{{BY_MODEL}}}", "{{model_name}} @ {{instance}}"),
-            mappings=YES_NO, width=12, height=5))
+        .with_panel(
+            single(
+                "Attribution identified",
+                "yes: the data separate input from output cost; no: the split still leans on the roofline prior.",
+                "none",
+                query("A", f"token_economy_attribution_identified{{{BY_MODEL}}}", "{{model_name}} @ {{instance}}"),
+                mappings=YES_NO,
+                width=12,
+                height=5,
+            )
+        )
+        .with_panel(
+            single(
+                "Idle power measured",
+                "yes: the idle power comes from measured idle intervals; no: it is the GPU table's figure.",
+                "none",
+                query("A", f"token_economy_idle_power_measured{{{BY_MODEL}}}", "{{model_name}} @ {{instance}}"),
+                mappings=YES_NO,
+                width=12,
+                height=5,
+            )
+        )
     )
 
 
 def traffic_row() -> dash.Row:
-    return (
-        dash.Row("Traffic")
-        .with_panel(series(
+    return dash.Row("Traffic").with_panel(
+        series(
             "Tokens per second",
             "Tokens seen by vLLM, by class: input (computed), cached_input (prefix-cache hits), output.",
             TOKENS_PER_S,
-            query("A", _rate("token_economy_tokens_total", BY_MODEL, "model_name, token_class"),
-                  "{{model_name}} {{token_class}}"),
-            width=24, height=7))
+            query(
+                "A",
+                _rate("token_economy_tokens_total", BY_MODEL, "model_name, token_class"),
+                "{{model_name}} {{token_class}}",
+            ),
+            width=24,
+            height=7,
+        )
     )
 
 
@@ -330,38 +440,72 @@ def health_row() -> dash.Row:
     )
     return (
         dash.Row("Source health")
-        .with_panel(single(
-            "Sources up", "Whether the last read of each source (vllm, energy) succeeded.",
-            "none", query("A", f"token_economy_source_up{{{BY_INSTANCE}}}", "{{instance}} {{source}}"),
-            mappings=UP_DOWN, thresholds=[(None, "red"), (1, "green")], width=8, height=7))
-        .with_panel(series(
-            "Source read errors",
-            "Failed reads per second by source and cause; 0 for a source that has never failed.",
-            "cps",
-            query("A", errors, "{{instance}} {{source}} {{reason}}"),
-            width=8, height=7))
-        .with_panel(series(
-            "Counter resets",
-            "Restarts detected per interval (a vLLM restart, a driver reload): totals restart with them.",
-            "short",
-            query("A", f"sum by (instance, source) (increase(token_economy_counter_resets_total{{{BY_INSTANCE}}}[{RI}]))",
-                  "{{instance}} {{source}}"),
-            width=8, height=7, decimals=0))
-        .with_panel(series(
-            "Source read duration",
-            "Mean time spent reading each source per tick.",
-            "s",
-            query("A", (
-                f"sum by (instance, source) (rate(token_economy_source_read_duration_seconds_sum{{{BY_INSTANCE}}}[{RI}]))\n"
-                f"  / (sum by (instance, source) (rate(token_economy_source_read_duration_seconds_count{{{BY_INSTANCE}}}[{RI}])) > 0)"
-            ), "{{instance}} {{source}}"),
-            width=12, height=7))
-        .with_panel(series(
-            "Time since the last tick",
-            "Seconds since the exporter last completed a collection tick; grows when its loop is stuck.",
-            "s",
-            query("A", f"time() - token_economy_last_tick_timestamp_seconds{{{BY_INSTANCE}}}", "{{instance}}"),
-            width=12, height=7))
+        .with_panel(
+            single(
+                "Sources up",
+                "Whether the last read of each source (vllm, energy) succeeded.",
+                "none",
+                query("A", f"token_economy_source_up{{{BY_INSTANCE}}}", "{{instance}} {{source}}"),
+                mappings=UP_DOWN,
+                thresholds=[(None, "red"), (1, "green")],
+                width=8,
+                height=7,
+            )
+        )
+        .with_panel(
+            series(
+                "Source read errors",
+                "Failed reads per second by source and cause; 0 for a source that has never failed.",
+                "cps",
+                query("A", errors, "{{instance}} {{source}} {{reason}}"),
+                width=8,
+                height=7,
+            )
+        )
+        .with_panel(
+            series(
+                "Counter resets",
+                "Restarts detected per interval (a vLLM restart, a driver reload): totals restart with them.",
+                "short",
+                query(
+                    "A",
+                    f"sum by (instance, source) (increase(token_economy_counter_resets_total{{{BY_INSTANCE}}}[{RI}]))",
+                    "{{instance}} {{source}}",
+                ),
+                width=8,
+                height=7,
+                decimals=0,
+            )
+        )
+        .with_panel(
+            series(
+                "Source read duration",
+                "Mean time spent reading each source per tick.",
+                "s",
+                query(
+                    "A",
+                    (
+                        f"sum by (instance, source) "
+                        f"(rate(token_economy_source_read_duration_seconds_sum{{{BY_INSTANCE}}}[{RI}]))\n"
+                        f"  / (sum by (instance, source) "
+                        f"(rate(token_economy_source_read_duration_seconds_count{{{BY_INSTANCE}}}[{RI}])) > 0)"
+                    ),
+                    "{{instance}} {{source}}",
+                ),
+                width=12,
+                height=7,
+            )
+        )
+        .with_panel(
+            series(
+                "Time since the last tick",
+                "Seconds since the exporter last completed a collection tick; grows when its loop is stuck.",
+                "s",
+                query("A", f"time() - token_economy_last_tick_timestamp_seconds{{{BY_INSTANCE}}}", "{{instance}}"),
+                width=12,
+                height=7,
+            )
+        )
     )
 
 
@@ -394,8 +538,10 @@ def build() -> dash_model.Dashboard:
     builder = (
         dash.Dashboard(TITLE)
         .uid(UID)
-        .description("What input, cached input and output tokens cost in joules and money, how much "
-                     "is idle, and whether the exporter's sources are healthy.")
+        .description(
+            "What input, cached input and output tokens cost in joules and money, how much "
+            "is idle, and whether the exporter's sources are healthy."
+        )
         .tags(["token-economy", "vllm", "cost", "energy"])
         .editable()
         .tooltip(dash_model.DashboardCursorSync.CROSSHAIR)

@@ -101,9 +101,7 @@ class Attributor:
         result.idle_watts = self.idle.watts
         coefficients, stddevs = self._coefficients()
         result.marginal = self._marginal(coefficients, stddevs)
-        result.coefficients = {
-            name: (getattr(coefficients, name), getattr(stddevs, name)) for name in DRIVERS
-        }
+        result.coefficients = {name: (getattr(coefficients, name), getattr(stddevs, name)) for name in DRIVERS}
         if self.estimator is not None:
             result.identified = self.estimator.identified
             result.residual_ratio = self.estimator.residual_ratio if self.estimator.updates else None
@@ -131,9 +129,7 @@ class Attributor:
 
         complete = True
         if energy.modelled:
-            total = modelled_energy(
-                seconds, work.values(), self.prior.energy, self.idle.watts, self.limit_watts_total
-            )
+            total = modelled_energy(seconds, work.values(), self.prior.energy, self.idle.watts, self.limit_watts_total)
             count = max(len(energy.gpus), 1)
             for gpu in energy.gpus:
                 key = (str(gpu.index), gpu.uuid, gpu.name)
@@ -161,8 +157,14 @@ class Attributor:
         if idle_interval and complete and not energy.modelled and seconds > 0:
             self.idle.observe(total, seconds)
 
-        if (self.estimator is not None and vllm_known and complete and not energy.modelled and seconds > 0
-                and not idle_interval):
+        if (
+            self.estimator is not None
+            and vllm_known
+            and complete
+            and not energy.modelled
+            and seconds > 0
+            and not idle_interval
+        ):
             combined = Work()
             for piece in work.values():
                 combined.add(piece)

@@ -30,9 +30,7 @@ class CounterTracker:
         if previous is None:
             return None
         last_value, last_created = previous
-        restarted = value < last_value or (
-            created is not None and last_created is not None and created != last_created
-        )
+        restarted = value < last_value or (created is not None and last_created is not None and created != last_created)
         if restarted:
             return Increase(value, True)
         return Increase(value - last_value, False)

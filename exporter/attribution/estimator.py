@@ -47,8 +47,19 @@ def _features(work: Work) -> list[float]:
 
 
 class MarginalCostEstimator:
-    __slots__ = ("_prior", "_base", "_settings", "_r", "_cov", "_window", "_window_y", "_window_seconds",
-                 "_recent", "_residual", "_updates")
+    __slots__ = (
+        "_base",
+        "_cov",
+        "_prior",
+        "_r",
+        "_recent",
+        "_residual",
+        "_settings",
+        "_updates",
+        "_window",
+        "_window_seconds",
+        "_window_y",
+    )
 
     def __init__(self, prior: Coefficients, settings: EstimatorSettings = EstimatorSettings()) -> None:
         self._prior = prior
@@ -73,8 +84,13 @@ class MarginalCostEstimator:
     @property
     def stddevs(self) -> Coefficients:
         a, b, c, d = (base * math.sqrt(max(self._cov[i][i], 0.0)) for i, base in enumerate(self._base))
-        return Coefficients(input=a, cached_input=self._prior.cached_input * self._settings.prior_relative_stddev,
-                            output=b, step=c, kv=d)
+        return Coefficients(
+            input=a,
+            cached_input=self._prior.cached_input * self._settings.prior_relative_stddev,
+            output=b,
+            step=c,
+            kv=d,
+        )
 
     @property
     def updates(self) -> int:
@@ -97,7 +113,7 @@ class MarginalCostEstimator:
     @property
     def identified(self) -> bool:
         u_in = [self._recent[0], 0.0, 0.0, 0.0]
-        u_out = [0.0] + self._recent[1:]
+        u_out = [0.0, *self._recent[1:]]
         limit = self._settings.identified_ratio * self._settings.prior_relative_stddev
         for u in (u_in, u_out):
             value, sd = self._linear(u, 1.0)
@@ -136,7 +152,7 @@ class MarginalCostEstimator:
         return True
 
     def _prior_cov(self) -> list[list[float]]:
-        s2 = self._settings.prior_relative_stddev ** 2
+        s2 = self._settings.prior_relative_stddev**2
         rho = self._settings.prior_correlation
         pairs = {(0, 1), (1, 0), (2, 3), (3, 2)}  # (input, output) and (step, kv)
         n = len(DRIVERS)
@@ -147,8 +163,7 @@ class MarginalCostEstimator:
         prior = self._prior_cov()
         n = len(self._r)
         self._r = [1.0 + rho * (r - 1.0) for r in self._r]
-        self._cov = [[rho * rho * self._cov[i][j] + (1 - rho * rho) * prior[i][j] for j in range(n)]
-                     for i in range(n)]
+        self._cov = [[rho * rho * self._cov[i][j] + (1 - rho * rho) * prior[i][j] for j in range(n)] for i in range(n)]
         self._recent = [rho * v for v in self._recent]
 
     def _update(self, x: list[float], y: float) -> None:
@@ -163,8 +178,10 @@ class MarginalCostEstimator:
         # Joseph form keeps the covariance symmetric and positive through rounding.
         ikx = [[(1.0 if i == j else 0.0) - gain[i] * x[j] for j in range(n)] for i in range(n)]
         tmp = [[sum(ikx[i][k] * self._cov[k][j] for k in range(n)) for j in range(n)] for i in range(n)]
-        cov = [[sum(tmp[i][k] * ikx[j][k] for k in range(n)) + gain[i] * gain[j] * noise * noise for j in range(n)]
-               for i in range(n)]
+        cov = [
+            [sum(tmp[i][k] * ikx[j][k] for k in range(n)) + gain[i] * gain[j] * noise * noise for j in range(n)]
+            for i in range(n)
+        ]
         self._cov = [[0.5 * (cov[i][j] + cov[j][i]) for j in range(n)] for i in range(n)]
         self._recent = [v + f / base if base else v for v, f, base in zip(self._recent, x, self._base)]
         fitted = sum(xi * ri for xi, ri in zip(x, self._r))

@@ -9,7 +9,7 @@ from statistics import median
 
 
 class IdlePowerEstimator:
-    __slots__ = ("_prior", "_samples", "_min_samples", "_value")
+    __slots__ = ("_min_samples", "_prior", "_samples", "_value")
 
     def __init__(self, prior_watts: float, window: int, min_samples: int) -> None:
         self._prior = prior_watts

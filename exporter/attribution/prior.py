@@ -21,7 +21,7 @@ class Coefficients:
     step: float  # per engine step (the weight stream)
     kv: float  # per context token read by a step
 
-    def scaled(self, factor: float) -> "Coefficients":
+    def scaled(self, factor: float) -> Coefficients:
         return Coefficients(*(value * factor for value in self.as_tuple()))
 
     def as_tuple(self) -> tuple[float, float, float, float, float]:

@@ -55,7 +55,9 @@ def driver_amounts(work: Work, cls: str, step_on_output: bool) -> tuple[float, f
     return (0.0, 0.0, 0.0, 0.0)
 
 
-def class_weights(work: Work, c: Coefficients, step_on_output: bool, step_extra: float = 0.0) -> tuple[float, float, float]:
+def class_weights(
+    work: Work, c: Coefficients, step_on_output: bool, step_extra: float = 0.0
+) -> tuple[float, float, float]:
     """(input, cached_input, output) weights of one model's work under coefficients `c`.
 
     `step_extra` adds a per-step amount (the fixed step overhead, for time)."""
@@ -70,9 +72,13 @@ def class_weights(work: Work, c: Coefficients, step_on_output: bool, step_extra:
 Covariance = Callable[[Sequence[float], Sequence[float]], float]
 
 
-def _condition_on_measurement(energy_w: dict[tuple[str, str], float], dynamic: float,
-                              work_by_model: dict[str, Work], covariance: Covariance,
-                              step_on_output: bool) -> dict[tuple[str, str], float]:
+def _condition_on_measurement(
+    energy_w: dict[tuple[str, str], float],
+    dynamic: float,
+    work_by_model: dict[str, Work],
+    covariance: Covariance,
+    step_on_output: bool,
+) -> dict[tuple[str, str], float]:
     keys = list(energy_w)
     amounts = {key: driver_amounts(work_by_model[key[0]], key[1], step_on_output) for key in keys}
     total = [math.fsum(column) for column in zip(*amounts.values())]
@@ -144,7 +150,9 @@ def allocate(
     per_model = idle_total / len(models)
     for model in models[:-1]:
         allocated[(model, IDLE)] = allocated.get((model, IDLE), 0.0) + per_model
-    allocated[(models[-1], IDLE)] = allocated.get((models[-1], IDLE), 0.0) + (idle_total - per_model * (len(models) - 1))
+    allocated[(models[-1], IDLE)] = allocated.get((models[-1], IDLE), 0.0) + (
+        idle_total - per_model * (len(models) - 1)
+    )
 
     shares: dict[tuple[str, str], float] = {}
     if total_time > 0:

@@ -18,7 +18,7 @@ class Work:
     steps: float = 0.0  # engine iterations
     kv_context: float = 0.0  # context tokens whose KV the steps read (S x mean usage x capacity)
 
-    def add(self, other: "Work") -> None:
+    def add(self, other: Work) -> None:
         self.input += other.input
         self.cached_input += other.cached_input
         self.output += other.output
@@ -44,7 +44,7 @@ _COUNTERS = ("prompt_tokens", "generation_tokens", "cached_prompt_tokens", "comp
 class WorkMeter:
     """Turns cumulative per-engine counters into per-model work, summed over engines."""
 
-    __slots__ = ("_tracker", "_last_usage", "_last_busy")
+    __slots__ = ("_last_busy", "_last_usage", "_tracker")
 
     def __init__(self) -> None:
         self._tracker = CounterTracker()
@@ -85,7 +85,9 @@ class WorkMeter:
 def _classify(inc: dict[str, float]) -> Work:
     prompt = inc.get("prompt_tokens", 0.0)
     if "computed_prompt_tokens" in inc:
-        computed = min(inc["computed_prompt_tokens"], prompt) if "prompt_tokens" in inc else inc["computed_prompt_tokens"]
+        computed = (
+            min(inc["computed_prompt_tokens"], prompt) if "prompt_tokens" in inc else inc["computed_prompt_tokens"]
+        )
         cached = max(prompt - computed, 0.0)
     elif "cached_prompt_tokens" in inc:
         cached = min(inc["cached_prompt_tokens"], prompt)

@@ -65,9 +65,31 @@ class Seq:
     """One request inside the engine. While decoding, `out` and `computed` are their values at
     step `s0` (`c0` computed tokens); the current ones are implied by the step number."""
 
-    __slots__ = ("req", "rid", "prompt", "output_len", "prefix_id", "prefix_blocks", "target", "computed", "out",
-                 "blocks", "nhashed", "state", "epoch", "s0", "c0", "hit_tokens", "first_hits", "scheduled", "high",
-                 "preemptions", "scheduled_at", "first_token_at", "finished_at")
+    __slots__ = (
+        "blocks",
+        "c0",
+        "computed",
+        "epoch",
+        "finished_at",
+        "first_hits",
+        "first_token_at",
+        "high",
+        "hit_tokens",
+        "nhashed",
+        "out",
+        "output_len",
+        "preemptions",
+        "prefix_blocks",
+        "prefix_id",
+        "prompt",
+        "req",
+        "rid",
+        "s0",
+        "scheduled",
+        "scheduled_at",
+        "state",
+        "target",
+    )
 
     def __init__(self, req: Request, block_size: int) -> None:
         self.req = req
@@ -100,14 +122,50 @@ class StepResult:
     """What one step did. Counters (`emitted`, `prompt_credit`, ...) are what vLLM's metrics
     see when this step's outputs are processed, i.e. at the step's end."""
 
-    __slots__ = ("cost", "step", "prefill", "recomputed", "decode", "chunks", "emitted", "prompt_credit",
-                 "cached_credit", "first_tokens", "preemptions", "queries", "query_hits", "first_hits", "finished",
-                 "running", "waiting", "kv_usage", "decode_context")
+    __slots__ = (
+        "cached_credit",
+        "chunks",
+        "cost",
+        "decode",
+        "decode_context",
+        "emitted",
+        "finished",
+        "first_hits",
+        "first_tokens",
+        "kv_usage",
+        "preemptions",
+        "prefill",
+        "prompt_credit",
+        "queries",
+        "query_hits",
+        "recomputed",
+        "running",
+        "step",
+        "waiting",
+    )
 
-    def __init__(self, cost: StepCost, step: int, prefill: int, recomputed: int, decode: int, chunks: int,
-                 emitted: int, prompt_credit: int, cached_credit: int, first_tokens: list | tuple, preemptions: int,
-                 queries: int, query_hits: int, first_hits: int, finished: list | tuple, running: int, waiting: int,
-                 kv_usage: float, decode_context: int) -> None:
+    def __init__(
+        self,
+        cost: StepCost,
+        step: int,
+        prefill: int,
+        recomputed: int,
+        decode: int,
+        chunks: int,
+        emitted: int,
+        prompt_credit: int,
+        cached_credit: int,
+        first_tokens: list | tuple,
+        preemptions: int,
+        queries: int,
+        query_hits: int,
+        first_hits: int,
+        finished: list | tuple,
+        running: int,
+        waiting: int,
+        kv_usage: float,
+        decode_context: int,
+    ) -> None:
         self.cost = cost
         self.step = step
         self.prefill = prefill  # tokens computed by prefill chunks, recomputation included
@@ -380,7 +438,8 @@ class Engine:
         prompt_credit = cached_credit = 0
         first_tokens: list | tuple = _NONE
         finished: list | tuple = _NONE
-        for seq, k, c in chunks:
+        for seq, k, start in chunks:
+            c = start
             prefill += k
             h = seq.hit_tokens
             hit += h
@@ -437,9 +496,25 @@ class Engine:
         self.step_no = s + 1
         cost = self.hw.step(prefill, decode, own, hit, pairs, decode_context)
         return StepResult(
-            cost, s, prefill, recomputed, decode, len(chunks), emitted, prompt_credit, cached_credit, first_tokens,
-            preempted, queries, query_hits, first_hits, finished, len(running), len(self.waiting),
-            self.used_blocks / self.num_blocks, decode_context,
+            cost,
+            s,
+            prefill,
+            recomputed,
+            decode,
+            len(chunks),
+            emitted,
+            prompt_credit,
+            cached_credit,
+            first_tokens,
+            preempted,
+            queries,
+            query_hits,
+            first_hits,
+            finished,
+            len(running),
+            len(self.waiting),
+            self.used_blocks / self.num_blocks,
+            decode_context,
         )
 
     def _finish(self, seq: Seq, computed: int, finished: list) -> None:

@@ -69,8 +69,9 @@ class HardwareModel:
     """The roofline of `gpus` tensor-parallel GPUs of one type serving one model, and the chosen
     ground truth. `step()` is the simulator's hot path: plain float arithmetic."""
 
-    def __init__(self, gpu: GpuSpec, model: ModelSpec, gpus: int = 1, truth: str = COMPONENT,
-                 roofline: Roofline = Roofline()) -> None:
+    def __init__(
+        self, gpu: GpuSpec, model: ModelSpec, gpus: int = 1, truth: str = COMPONENT, roofline: Roofline = Roofline()
+    ) -> None:
         if truth not in TRUTHS:
             raise ValueError(f"truth must be one of {TRUTHS}, not {truth!r}")
         if gpus < 1:
@@ -98,8 +99,15 @@ class HardwareModel:
         self._inv_f = 1.0 / self.flops_rate
         self._inv_b = 1.0 / self.byte_rate
 
-    def step(self, prefill: int, decode: int, own_context: float, hit_context: float,
-             prefill_pairs: float, decode_context: float) -> StepCost:
+    def step(
+        self,
+        prefill: int,
+        decode: int,
+        own_context: float,
+        hit_context: float,
+        prefill_pairs: float,
+        decode_context: float,
+    ) -> StepCost:
         """`prefill`: prompt tokens computed this step (chunks, recomputation included);
         `decode`: decode tokens (one per decoding sequence); `own_context` / `hit_context`: KV
         tokens the prefill chunks read that the sequences computed themselves / got from the
@@ -144,8 +152,9 @@ class HardwareModel:
             e_cached = d_cached + static * share_cached
         s_in = seconds * share_in
         s_cached = seconds * share_cached
-        return StepCost(seconds, energy, e_in, e_cached, energy - e_in - e_cached,
-                        s_in, s_cached, seconds - s_in - s_cached)
+        return StepCost(
+            seconds, energy, e_in, e_cached, energy - e_in - e_cached, s_in, s_cached, seconds - s_in - s_cached
+        )
 
     def marginal_coefficients(self) -> Coefficients:
         """Ground truth A's energy above idle per unit of each of the exporter's cost drivers
@@ -176,5 +185,14 @@ class HardwareModel:
         return int(free / (self.kv_bytes_per_token * block_size))
 
 
-__all__ = ["HardwareModel", "Roofline", "StepCost", "COMPONENT", "PHASE", "TRUTHS", "LLAMA_3_8B", "LLAMA_2_70B",
-           "GPU_MEMORY_BYTES"]
+__all__ = [
+    "COMPONENT",
+    "GPU_MEMORY_BYTES",
+    "LLAMA_2_70B",
+    "LLAMA_3_8B",
+    "PHASE",
+    "TRUTHS",
+    "HardwareModel",
+    "Roofline",
+    "StepCost",
+]

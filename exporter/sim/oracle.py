@@ -59,7 +59,7 @@ class OracleTotals:
         tokens = self.tokens.get(cls, 0.0)
         return self.energy[cls] / tokens if tokens else float("nan")
 
-    def minus(self, earlier: "OracleTotals") -> "OracleTotals":
+    def minus(self, earlier: OracleTotals) -> OracleTotals:
         """The truth of the window between `earlier` and this reading."""
         return OracleTotals(
             self.time - earlier.time,
@@ -71,4 +71,4 @@ class OracleTotals:
         )
 
 
-__all__ = ["OracleTotals", "CLASSES", "INPUT", "CACHED_INPUT", "OUTPUT", "IDLE"]
+__all__ = ["CACHED_INPUT", "CLASSES", "IDLE", "INPUT", "OUTPUT", "OracleTotals"]

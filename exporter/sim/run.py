@@ -72,7 +72,7 @@ class StepTrace(NamedTuple):
 
 
 class _Segment:
-    __slots__ = ("t0", "t1", "e0", "power", "result", "entry")
+    __slots__ = ("e0", "entry", "power", "result", "t0", "t1")
 
     def __init__(self, t0: float, t1: float, e0: float, power: float, result: StepResult | None, entry: list) -> None:
         self.t0, self.t1, self.e0, self.power, self.result, self.entry = t0, t1, e0, power, result, entry
@@ -271,10 +271,27 @@ class Simulation:
             self.workload.on_finish(t1)
         if self.trace:
             self.finished.extend(r.finished)
-            self.step_trace.append(StepTrace(
-                seg.t0, t1, r.step, r.prefill, r.decode, r.chunks, r.emitted, r.prompt_credit, r.preemptions,
-                r.running, r.waiting, r.kv_usage, c.energy, c.e_input, c.e_cached, c.e_output, r.decode_context,
-            ))
+            self.step_trace.append(
+                StepTrace(
+                    seg.t0,
+                    t1,
+                    r.step,
+                    r.prefill,
+                    r.decode,
+                    r.chunks,
+                    r.emitted,
+                    r.prompt_credit,
+                    r.preemptions,
+                    r.running,
+                    r.waiting,
+                    r.kv_usage,
+                    c.energy,
+                    c.e_input,
+                    c.e_cached,
+                    c.e_output,
+                    r.decode_context,
+                )
+            )
 
     def _truncate(self, at: float) -> None:
         """End the segment in flight at `at`: its energy so far is spent, its effects are lost."""
@@ -372,4 +389,4 @@ class Simulation:
             return render_page(self.counters, self.model_name, self.engine_label, self.cache_config)
 
 
-__all__ = ["Simulation", "Faults", "StepTrace"]
+__all__ = ["Faults", "Simulation", "StepTrace"]

@@ -131,21 +131,22 @@ class MetricsServer:
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "MetricsServer":
+    def __enter__(self) -> MetricsServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def serve_metrics(sim: Simulation, port: int = 0, driver: RealTimeDriver | None = None,
-                  host: str = "127.0.0.1") -> MetricsServer:
+def serve_metrics(
+    sim: Simulation, port: int = 0, driver: RealTimeDriver | None = None, host: str = "127.0.0.1"
+) -> MetricsServer:
     """Serve the simulation's page; with a driver, advance it to the wall clock on each request."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             with sim.lock:
                 if driver is not None:
@@ -169,7 +170,7 @@ def serve_metrics(sim: Simulation, port: int = 0, driver: RealTimeDriver | None 
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base signature
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
     httpd = ThreadingHTTPServer((host, port), Handler)
@@ -179,4 +180,4 @@ def serve_metrics(sim: Simulation, port: int = 0, driver: RealTimeDriver | None 
     return MetricsServer(httpd, thread)
 
 
-__all__ = ["SimVllmSource", "SimEnergySource", "RealTimeDriver", "serve_metrics", "MetricsServer"]
+__all__ = ["MetricsServer", "RealTimeDriver", "SimEnergySource", "SimVllmSource", "serve_metrics"]

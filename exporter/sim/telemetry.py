@@ -46,7 +46,7 @@ def go_float(value: float) -> str:
     s = repr(d)
     dot = s.find(".")
     if d > 0 and dot > 6:
-        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
+        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1 :]}".rstrip("0.")
         return f"{mantissa}e+0{dot - 1}"
     return s
 
@@ -58,9 +58,23 @@ def _escape(value: str) -> str:
 class VllmCounters:
     """The counters and gauges of one vLLM engine since it started at `created` (Unix time)."""
 
-    __slots__ = ("created", "prompt_tokens", "generation_tokens", "cached_tokens", "computed_tokens", "preemptions",
-                 "prefix_queries", "prefix_hits", "finished", "iteration_buckets", "iteration_count",
-                 "iteration_sum", "running", "waiting", "kv_usage")
+    __slots__ = (
+        "cached_tokens",
+        "computed_tokens",
+        "created",
+        "finished",
+        "generation_tokens",
+        "iteration_buckets",
+        "iteration_count",
+        "iteration_sum",
+        "kv_usage",
+        "preemptions",
+        "prefix_hits",
+        "prefix_queries",
+        "prompt_tokens",
+        "running",
+        "waiting",
+    )
 
     def __init__(self, created: float) -> None:
         self.created = created
@@ -158,16 +172,20 @@ def render_page(c: VllmCounters, model_name: str, engine: str, cache_config: dic
     counter("prefix_cache_hits", [(None, c.prefix_hits)])
     counter("num_preemptions", [(None, c.preemptions)])
     counter("prompt_tokens", [(None, c.prompt_tokens)])
-    counter("prompt_tokens_by_source", [
-        ({"source": "local_compute"}, c.computed_tokens),
-        ({"source": "local_cache_hit"}, c.cached_tokens),
-        ({"source": "external_kv_transfer"}, 0.0),
-    ])
+    counter(
+        "prompt_tokens_by_source",
+        [
+            ({"source": "local_compute"}, c.computed_tokens),
+            ({"source": "local_cache_hit"}, c.cached_tokens),
+            ({"source": "external_kv_transfer"}, 0.0),
+        ],
+    )
     counter("prompt_tokens_cached", [(None, c.cached_tokens)])
     counter("generation_tokens", [(None, c.generation_tokens)])
-    counter("request_success", [
-        ({"finished_reason": reason}, c.finished if reason == "length" else 0.0) for reason in FINISHED_REASONS
-    ])
+    counter(
+        "request_success",
+        [({"finished_reason": reason}, c.finished if reason == "length" else 0.0) for reason in FINISHED_REASONS],
+    )
 
     name = "iteration_tokens_total"
     out.append(f"# HELP vllm:{name} {_HELP[name]}")
@@ -222,7 +240,7 @@ class EnergyMeter:
         if self.reset_at is not None and tq < self.reset_at:
             return 0
         true_j = energy_at(tq) / self.gpus - self._base[i]
-        return self.offsets_mj[i] + int(math.floor(self.gains[i] * true_j * 1000.0))
+        return self.offsets_mj[i] + math.floor(self.gains[i] * true_j * 1000.0)
 
     def power_watts(self, i: int, t: float, energy_at: Callable[[float], float]) -> float:
         tq = self.update_time(i, t)
@@ -232,4 +250,4 @@ class EnergyMeter:
         return self.gains[i] * (energy_at(tq) - energy_at(start)) / self.gpus / (tq - start)
 
 
-__all__ = ["VllmCounters", "render_page", "EnergyMeter", "go_float", "ITERATION_BUCKETS"]
+__all__ = ["ITERATION_BUCKETS", "EnergyMeter", "VllmCounters", "go_float", "render_page"]

@@ -26,7 +26,6 @@ import heapq
 import math
 import random
 from dataclasses import dataclass
-from typing import Union
 
 # -- length distributions -------------------------------------------------------------------
 
@@ -60,11 +59,11 @@ class LogNormal:
     high: int = 1 << 20
 
     def sample(self, rng: random.Random) -> int:
-        value = int(round(rng.lognormvariate(math.log(self.median), self.sigma)))
+        value = round(rng.lognormvariate(math.log(self.median), self.sigma))
         return min(max(value, self.low), self.high)
 
 
-Dist = Union[Fixed, Uniform, LogNormal]
+Dist = Fixed | Uniform | LogNormal
 
 # -- arrival processes ----------------------------------------------------------------------
 
@@ -101,7 +100,7 @@ class Trace:
     requests: tuple[TraceRequest, ...]
 
 
-Arrivals = Union[Poisson, OnOff, ClosedLoop, Trace]
+Arrivals = Poisson | OnOff | ClosedLoop | Trace
 
 # -- scenario -------------------------------------------------------------------------------
 
@@ -323,7 +322,25 @@ class Workload:
 
 
 __all__ = [
-    "Fixed", "Uniform", "LogNormal", "Dist", "Poisson", "OnOff", "ClosedLoop", "Trace", "TraceRequest",
-    "RequestClass", "Prefixes", "Scenario", "Request", "Workload", "SCENARIOS",
-    "well_mixed", "steady_mix", "prefill_heavy", "decode_heavy", "bursty_idle", "prefix_cache_heavy",
+    "SCENARIOS",
+    "ClosedLoop",
+    "Dist",
+    "Fixed",
+    "LogNormal",
+    "OnOff",
+    "Poisson",
+    "Prefixes",
+    "Request",
+    "RequestClass",
+    "Scenario",
+    "Trace",
+    "TraceRequest",
+    "Uniform",
+    "Workload",
+    "bursty_idle",
+    "decode_heavy",
+    "prefill_heavy",
+    "prefix_cache_heavy",
+    "steady_mix",
+    "well_mixed",
 ]

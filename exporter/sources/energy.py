@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -127,10 +128,8 @@ def _visible_count(nvml: Any) -> int | None:
     except Exception:
         return None
     finally:
-        try:
+        with contextlib.suppress(Exception):
             nvml.nvmlShutdown()
-        except Exception:
-            pass
 
 
 def _open_nvml(settings: Settings, pynvml_module: Any, clock: Callable[[], float], selection: GpuSelection) -> Any:
@@ -179,6 +178,12 @@ def _phase_model(
     identities = list(gpus) if gpus else _declared_gpus(settings, spec, selection.gpus)
     source = PhaseModelEnergySource(identities, clock)
     if log is not None:
-        log.info("energy_source_opened", mode=MODE_PHASE_MODEL, gpus=len(identities), gpu_spec=spec.key,
-                 gpu_selection=selection.origin, gpu_selection_detail=selection.detail)
+        log.info(
+            "energy_source_opened",
+            mode=MODE_PHASE_MODEL,
+            gpus=len(identities),
+            gpu_spec=spec.key,
+            gpu_selection=selection.origin,
+            gpu_selection_detail=selection.detail,
+        )
     return EnergySetup(source, MODE_PHASE_MODEL, spec, len(identities), "; ".join(reasons) or None, selection)

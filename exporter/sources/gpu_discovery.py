@@ -193,8 +193,11 @@ def vllm_gpus_from_environment(env: Mapping[str, str], list_dir: Callable[[str],
     if c_kind == "none":
         return VllmGpus(None, described, "vLLM's CUDA_VISIBLE_DEVICES hides every GPU")
     if n_kind == "none":
-        return VllmGpus(None, described, "vLLM's NVIDIA_VISIBLE_DEVICES gives it no GPU (none, void: devices "
-                                         "injected another way, e.g. CDI)")
+        return VllmGpus(
+            None,
+            described,
+            "vLLM's NVIDIA_VISIBLE_DEVICES gives it no GPU (none, void: devices injected another way, e.g. CDI)",
+        )
     if "invalid" in (n_kind, c_kind) or (c_kind == "list" and not all(item.isdigit() for item in c_items)):
         return VllmGpus(None, described, "vLLM's GPU variables cannot be parsed")
     if n_kind == "list":
@@ -204,10 +207,15 @@ def vllm_gpus_from_environment(env: Mapping[str, str], list_dir: Callable[[str],
                 # CUDA numbers the container's GPUs in its own order (CUDA_DEVICE_ORDER), which
                 # cannot be mapped onto NVIDIA_VISIBLE_DEVICES' list without CUDA: measure the
                 # container's GPUs, a superset, and say so.
-                return VllmGpus(n_items, described, warning=(
-                    "vLLM's CUDA_VISIBLE_DEVICES picks some of its container's GPUs by CUDA index, which "
-                    "cannot be mapped to GPUs without CUDA; measuring every GPU of its NVIDIA_VISIBLE_DEVICES "
-                    "(set --gpus to the GPUs it uses)"))
+                return VllmGpus(
+                    n_items,
+                    described,
+                    warning=(
+                        "vLLM's CUDA_VISIBLE_DEVICES picks some of its container's GPUs by CUDA index, which "
+                        "cannot be mapped to GPUs without CUDA; measuring every GPU of its NVIDIA_VISIBLE_DEVICES "
+                        "(set --gpus to the GPUs it uses)"
+                    ),
+                )
         return VllmGpus(n_items, described)
     # NVIDIA_VISIBLE_DEVICES is all or unset: only CUDA indices narrow, read as NVML indices.
     if c_kind == "list":
@@ -217,8 +225,13 @@ def vllm_gpus_from_environment(env: Mapping[str, str], list_dir: Callable[[str],
 
 def find_vllm_gpus(proc: ProcTree, self_pid: int) -> VllmGpus:
     """The GPUs of the one vLLM server visible in `proc`, or the reason there is no answer."""
-    candidates = [info for pid in proc.pids() if pid != self_pid
-                  for info in [proc.process(pid)] if info is not None and looks_like_vllm(info.argv)]
+    candidates = [
+        info
+        for pid in proc.pids()
+        if pid != self_pid
+        for info in [proc.process(pid)]
+        if info is not None and looks_like_vllm(info.argv)
+    ]
     if not candidates:
         return VllmGpus(None, "", "no vLLM process is visible (the pod needs shareProcessNamespace: true)")
     # vLLM's engine and worker processes inherit the server's environment (and workers may
@@ -256,10 +269,15 @@ def find_vllm_gpus(proc: ProcTree, self_pid: int) -> VllmGpus:
         info = denied[0]
         uid = proc.uid(info.pid)
         owner = f"uid {uid}" if uid is not None else "another user"
-        return VllmGpus(None, "", (
-            f"cannot read /proc/{info.pid}/environ of vLLM ({_command(info.argv)}, {owner}; this exporter runs as "
-            f"uid {os.geteuid()}): permission denied. Run the exporter with vLLM's UID (runAsUser); reading "
-            "another user's process environment needs CAP_SYS_PTRACE"))
+        return VllmGpus(
+            None,
+            "",
+            (
+                f"cannot read /proc/{info.pid}/environ of vLLM ({_command(info.argv)}, {owner}; this exporter runs as "
+                f"uid {os.geteuid()}): permission denied. Run the exporter with vLLM's UID (runAsUser); reading "
+                "another user's process environment needs CAP_SYS_PTRACE"
+            ),
+        )
     return VllmGpus(None, "", "the vLLM processes exited or have an empty environment")
 
 
@@ -302,34 +320,47 @@ def resolve_gpu_selection(
         if found.gpus:
             seen = len(n_items) if n_kind == "list" else visible_count()
             if found.by_index and n_kind == "list" and len(found.gpus) < len(n_items):
-                unmatched = (f"{found.detail}: vLLM names GPUs by index, which cannot be matched with this "
-                             f"exporter's own {NVIDIA_VAR}={n_raw}; give both containers UUIDs or set --gpus")
+                unmatched = (
+                    f"{found.detail}: vLLM names GPUs by index, which cannot be matched with this "
+                    f"exporter's own {NVIDIA_VAR}={n_raw}; give both containers UUIDs or set --gpus"
+                )
             elif seen is None or len(found.gpus) < seen:
                 return GpuSelection(found.gpus, ORIGIN_VLLM_PROCESS, found.detail, found.warning)
             else:
-                confirmed = (f"{found.detail}: vLLM uses {len(found.gpus)} GPU(s) and this exporter sees "
-                             f"{seen}, so it measures all it sees")
+                confirmed = (
+                    f"{found.detail}: vLLM uses {len(found.gpus)} GPU(s) and this exporter sees "
+                    f"{seen}, so it measures all it sees"
+                )
         else:
             problem = found.problem
 
     if n_kind == "list":
         described = f"the exporter's {NVIDIA_VAR}={n_raw}"
-        warning = f"measuring this exporter's {NVIDIA_VAR}, which may include GPUs vLLM does not use: {unmatched}" \
-            if unmatched else None
+        warning = (
+            f"measuring this exporter's {NVIDIA_VAR}, which may include GPUs vLLM does not use: {unmatched}"
+            if unmatched
+            else None
+        )
         if any(item.isdigit() for item in n_items) and visible_count() == len(n_items):
             # Inside a container the runtime has applied the list: NVML sees exactly those GPUs,
             # renumbered from 0, so the host indices no longer name them.
-            return GpuSelection(None, ORIGIN_ENVIRONMENT, described + ", already applied by the container runtime",
-                                warning)
+            return GpuSelection(
+                None, ORIGIN_ENVIRONMENT, described + ", already applied by the container runtime", warning
+            )
         return GpuSelection(n_items, ORIGIN_ENVIRONMENT, described, warning)
 
     if confirmed:
         return GpuSelection(None, ORIGIN_ALL_VISIBLE, confirmed)
     if problem is None:
-        return GpuSelection(None, ORIGIN_ALL_VISIBLE, "no GPU selection given (--gpus, CUDA_VISIBLE_DEVICES, "
-                                                      "NVIDIA_VISIBLE_DEVICES)")
+        return GpuSelection(
+            None, ORIGIN_ALL_VISIBLE, "no GPU selection given (--gpus, CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES)"
+        )
     seen = visible_count()
     if seen is not None and seen <= 1:
         return GpuSelection(None, ORIGIN_ALL_VISIBLE, f"this exporter sees {seen} GPU ({problem})")
-    return GpuSelection(None, ORIGIN_ALL_VISIBLE, problem, warning=(
-        f"measuring every GPU this exporter sees, which may include GPUs vLLM does not use: {problem}"))
+    return GpuSelection(
+        None,
+        ORIGIN_ALL_VISIBLE,
+        problem,
+        warning=(f"measuring every GPU this exporter sees, which may include GPUs vLLM does not use: {problem}"),
+    )

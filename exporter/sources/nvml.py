@@ -4,6 +4,7 @@ fake one; nothing here imports it."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -62,7 +63,7 @@ def _text(value: str | bytes) -> str:
 
 
 class _Gpu:
-    __slots__ = ("index", "uuid", "name", "handle", "method", "stale")
+    __slots__ = ("handle", "index", "method", "name", "stale", "uuid")
 
     def __init__(self, index: int, uuid: str, name: str, handle: Any, method: str) -> None:
         self.index = index
@@ -77,7 +78,7 @@ class _PowerIntegral:
     """Cumulative joules from sampled power. Gaps where sampling failed are bridged by the same
     trapezoid, because counting them as zero would always under-report."""
 
-    __slots__ = ("joules", "last_t", "last_w", "samples", "error")
+    __slots__ = ("error", "joules", "last_t", "last_w", "samples")
 
     def __init__(self) -> None:
         self.joules = 0.0
@@ -320,12 +321,11 @@ class NvmlEnergySource:
         self._shutdown()
 
     def _shutdown(self) -> None:
-        try:
+        # Shutting down is best-effort; the process may be exiting anyway.
+        with contextlib.suppress(Exception):
             self._nvml.nvmlShutdown()
-        except Exception:
-            pass  # shutting down is best-effort; the process may be exiting anyway
 
-    def __enter__(self) -> "NvmlEnergySource":
+    def __enter__(self) -> NvmlEnergySource:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,8 +1,9 @@
 """A parser for vLLM's Prometheus page that reads only the families the attribution needs.
 
 vLLM's page is ~55 KB, mostly histogram buckets we never use; searching for the few families
-we need is many times cheaper than a full exposition parse, and it runs every tick. Names of older vLLM releases are read as their current equivalents; a family that
-is absent stays None (unknown), it never becomes zero."""
+we need is many times cheaper than a full exposition parse, and it runs every tick. Names of
+older vLLM releases are read as their current equivalents; a family that is absent stays None
+(unknown), it never becomes zero."""
 
 from __future__ import annotations
 

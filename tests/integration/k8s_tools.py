@@ -51,13 +51,16 @@ def tool(name: str) -> str:
     path = os.environ.get(variable) or shutil.which(name) or (str(beside) if beside.is_file() else None)
     if path and os.access(path, os.X_OK):
         return path
-    where = f"${variable} ({os.environ[variable]}) is not executable" if os.environ.get(variable) else \
-        f"neither ${variable} nor PATH names it"
+    where = (
+        f"${variable} ({os.environ[variable]}) is not executable"
+        if os.environ.get(variable)
+        else f"neither ${variable} nor PATH names it"
+    )
     pytest.fail(f"{name} is required and missing: {where}. Install it: {_INSTALL[name]}", pytrace=False)
 
 
 def run(*argv: str, timeout: float = 120, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, **kw)
+    result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False, **kw)
     if check and result.returncode != 0:
         pytest.fail(f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}", pytrace=False)
     return result
@@ -109,8 +112,9 @@ def kubernetes_validate(text: str, version: str, tmp_path: Path, expect_ok: bool
     assert len(passed) == len(builtin), f"{len(builtin)} objects, {len(passed)} validated:\n{output}"
     assert {v for _, v in passed} == {version}, output
     for warning in re.findall(r"^WARN .*$", output, re.M):
-        assert re.search(r"kind (PodMonitor|ServiceMonitor|PrometheusRule) with api version monitoring\.coreos\.com/v1",
-                         warning), warning
+        assert re.search(
+            r"kind (PodMonitor|ServiceMonitor|PrometheusRule) with api version monitoring\.coreos\.com/v1", warning
+        ), warning
     return output
 
 
@@ -139,8 +143,11 @@ def check_operator_objects(docs: list[dict]) -> int:
     try:
         from cloudcoil.models.prometheus_operator import v1
     except ImportError as err:
-        pytest.fail(f"the Prometheus Operator models are required and missing ({err}). Install them: "
-                    "pip install cloudcoil-models-prometheus-operator", pytrace=False)
+        pytest.fail(
+            f"the Prometheus Operator models are required and missing ({err}). Install them: "
+            "pip install cloudcoil-models-prometheus-operator",
+            pytrace=False,
+        )
 
     models = {"PodMonitor": v1.PodMonitor, "ServiceMonitor": v1.ServiceMonitor, "PrometheusRule": v1.PrometheusRule}
     checked = 0
@@ -152,7 +159,8 @@ def check_operator_objects(docs: list[dict]) -> int:
         back = _strip_nulls(model.model_dump(mode="json", by_alias=True, exclude_unset=True))
         assert back == _strip_nulls(json.loads(json.dumps(doc))), (
             f"{doc['kind']}/{doc['metadata']['name']} has fields the Prometheus Operator does not know:\n"
-            f"{_first_difference(doc, back)}")
+            f"{_first_difference(doc, back)}"
+        )
         checked += 1
     return checked
 
@@ -195,7 +203,7 @@ def check_dashboards(docs: list[dict]) -> None:
     shipped = {}
     for config_map in maps:
         assert len(config_map["data"]) == 1, config_map["metadata"]["name"]
-        (name, text), = config_map["data"].items()
+        ((name, text),) = config_map["data"].items()
         assert len(text.encode()) < 256 * 1024, f"{name} is too large for kubectl apply"
         shipped[name] = json.loads(text)
     assert shipped == source_dashboards()
@@ -250,7 +258,9 @@ def check_pod(deployment: dict, native: bool = True) -> dict:
     assert pod_context["runAsNonRoot"] is True and pod_context["seccompProfile"] == {"type": "RuntimeDefault"}
     assert isinstance(pod_context["runAsUser"], int) and pod_context["runAsUser"] > 0
     for container in spec["containers"] + spec.get("initContainers", []):
-        assert container.get("securityContext", {}).get("runAsUser", pod_context["runAsUser"]) == pod_context["runAsUser"]
+        assert (
+            container.get("securityContext", {}).get("runAsUser", pod_context["runAsUser"]) == pod_context["runAsUser"]
+        )
     assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"} in exporter.get("env", [])
     assert spec.get("automountServiceAccountToken") is False
     return exporter

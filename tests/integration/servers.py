@@ -33,8 +33,10 @@ RULES = REPO_ROOT / "deploy" / "prometheus" / "token-economy.rules.yml"
 RULE_TESTS = sorted((REPO_ROOT / "deploy" / "prometheus" / "tests").glob("*.test.yml"))
 DASHBOARDS = sorted((REPO_ROOT / "grafana" / "dashboards").glob("*.json"))
 
-INSTALL_HINT = ("apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "
-                "--no-install-recommends prometheus prometheus-alertmanager")
+INSTALL_HINT = (
+    "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "
+    "--no-install-recommends prometheus prometheus-alertmanager"
+)
 
 
 def tool(*names: str) -> str:
@@ -78,10 +80,16 @@ class Server:
     def command(self) -> list[str]:
         raise NotImplementedError
 
-    def start(self, ready_timeout: float = 30.0) -> "Server":
+    def start(self, ready_timeout: float = 30.0) -> Server:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + ready_timeout
         while True:
             if self.proc.poll() is not None:
@@ -123,12 +131,22 @@ class Prometheus(Server):
 
     name = "prometheus"
 
-    def __init__(self, workdir: Path, targets: Iterable[str], rule_files: Iterable[Path] = (),
-                 alertmanager: str | None = None, external_labels: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        targets: Iterable[str],
+        rule_files: Iterable[Path] = (),
+        alertmanager: str | None = None,
+        external_labels: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(workdir)
         config: dict[str, Any] = {
-            "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s",
-                       "external_labels": dict(external_labels or {})},
+            "global": {
+                "scrape_interval": "1s",
+                "scrape_timeout": "900ms",
+                "evaluation_interval": "1s",
+                "external_labels": dict(external_labels or {}),
+            },
             "rule_files": [str(p) for p in rule_files],
             "scrape_configs": [{"job_name": "token-economy", "static_configs": [{"targets": list(targets)}]}],
         }
@@ -173,8 +191,13 @@ class Alertmanager(Server):
     def __init__(self, workdir: Path, webhook_url: str, group_by: list[str]) -> None:
         super().__init__(workdir)
         config = {
-            "route": {"receiver": "webhook", "group_by": group_by, "group_wait": "1s",
-                      "group_interval": "1s", "repeat_interval": "1h"},
+            "route": {
+                "receiver": "webhook",
+                "group_by": group_by,
+                "group_wait": "1s",
+                "group_interval": "1s",
+                "repeat_interval": "1h",
+            },
             "receivers": [{"name": "webhook", "webhook_configs": [{"url": webhook_url, "send_resolved": False}]}],
         }
         self.config_path = workdir / "alertmanager.yml"
@@ -203,7 +226,7 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with receiver._lock:
                     receiver.payloads.append({"received": time.monotonic(), **json.loads(body)})
@@ -221,7 +244,7 @@ class WebhookReceiver:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}/alerts"
 
-    def __enter__(self) -> "WebhookReceiver":
+    def __enter__(self) -> WebhookReceiver:
         self._thread.start()
         return self
 
@@ -232,8 +255,12 @@ class WebhookReceiver:
     def alerts(self, **labels: str) -> list[dict]:
         """Every alert received so far whose labels include `labels`, with its arrival time."""
         with self._lock:
-            return [{"received": p["received"], **a} for p in self.payloads for a in p["alerts"]
-                    if labels.items() <= a["labels"].items()]
+            return [
+                {"received": p["received"], **a}
+                for p in self.payloads
+                for a in p["alerts"]
+                if labels.items() <= a["labels"].items()
+            ]
 
 
 class LoadGenerator:
@@ -248,8 +275,9 @@ class LoadGenerator:
         self._server = server
         self._stop = threading.Event()
         self._pause_s = pause_s
-        self._threads = [threading.Thread(target=self._run, args=(i,), name=f"load-{i}", daemon=True)
-                         for i in range(workers)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), name=f"load-{i}", daemon=True) for i in range(workers)
+        ]
         self.requests = 0
         self.errors: list[str] = []
 
@@ -264,12 +292,12 @@ class LoadGenerator:
             try:
                 self._server.complete(prompt, max_tokens=8 + (i % 4) * 8)
                 self.requests += 1
-            except Exception as exc:  # noqa: BLE001 - recorded, the test reports them
+            except Exception as exc:
                 self.errors.append(repr(exc))
             # Leave the CPU to the exporter and Prometheus now and then (2 cores in CI).
             self._stop.wait(self._pause_s)
 
-    def __enter__(self) -> "LoadGenerator":
+    def __enter__(self) -> LoadGenerator:
         for thread in self._threads:
             thread.start()
         return self

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,12 @@ import yaml
 
 from tests.e2e.vllm_server import HOST
 from tests.integration.servers import (
-    RULES, Alertmanager, Prometheus, WebhookReceiver, rules_with_alert_changed, wait_until,
+    RULES,
+    Alertmanager,
+    Prometheus,
+    WebhookReceiver,
+    rules_with_alert_changed,
+    wait_until,
 )
 
 ALERT = "TokenEconomyOutputCostHigh"
@@ -38,8 +43,9 @@ def webhook():
 
 @pytest.fixture(scope="module")
 def alertmanager(webhook, tmp_path_factory):
-    server = Alertmanager(tmp_path_factory.mktemp("alertmanager"), webhook.url,
-                          group_by=["alertname", "threshold_case"]).start()
+    server = Alertmanager(
+        tmp_path_factory.mktemp("alertmanager"), webhook.url, group_by=["alertname", "threshold_case"]
+    ).start()
     try:
         yield server
     finally:
@@ -54,9 +60,13 @@ def prometheus_pair(exporter_under_load, alertmanager, tmp_path_factory):
         for case, threshold in (("low", LOW), ("high", HIGH)):
             workdir = tmp_path_factory.mktemp(f"prometheus-{case}")
             rules = rules_with_alert_changed(RULES, workdir / RULES.name, ALERT, threshold, FOR)
-            servers[case] = Prometheus(workdir, targets=[f"{HOST}:{exporter_under_load.port}"], rule_files=[rules],
-                                       alertmanager=f"{HOST}:{alertmanager.port}",
-                                       external_labels={"threshold_case": case}).start()
+            servers[case] = Prometheus(
+                workdir,
+                targets=[f"{HOST}:{exporter_under_load.port}"],
+                rule_files=[rules],
+                alertmanager=f"{HOST}:{alertmanager.port}",
+                external_labels={"threshold_case": case},
+            ).start()
             started[case] = time.monotonic()
         yield servers, started
     finally:
@@ -74,9 +84,12 @@ def test_the_rule_copies_differ_from_the_shipped_file_only_in_threshold_and_for(
     for case, threshold in (("low", LOW), ("high", HIGH)):
         (path,) = yaml.safe_load(servers[case].config_path.read_text())["rule_files"]
         copy = yaml.safe_load(Path(path).read_text())
-        changed = [(g["name"], a.get("alert") or a.get("record"))
-                   for g, h in zip(shipped["groups"], copy["groups"], strict=True)
-                   for a, b in zip(g["rules"], h["rules"], strict=True) if a != b]
+        changed = [
+            (g["name"], a.get("alert") or a.get("record"))
+            for g, h in zip(shipped["groups"], copy["groups"], strict=True)
+            for a, b in zip(g["rules"], h["rules"], strict=True)
+            if a != b
+        ]
         assert changed == [("token_economy.alerts", ALERT)], changed
         # What Prometheus loaded: the substituted threshold and `for:`, the shipped labels.
         rule = _alert_rule(servers[case])
@@ -86,14 +99,23 @@ def test_the_rule_copies_differ_from_the_shipped_file_only_in_threshold_and_for(
 
 
 def test_low_threshold_alert_reaches_the_webhook(prometheus_pair, webhook):
-    servers, started = prometheus_pair
-    received = wait_until(lambda: webhook.alerts(alertname=ALERT, threshold_case="low"),
-                          timeout=DELIVERY_TIMEOUT_S, what=f"{ALERT} (threshold {LOW}) at the webhook")
+    _servers, started = prometheus_pair
+    received = wait_until(
+        lambda: webhook.alerts(alertname=ALERT, threshold_case="low"),
+        timeout=DELIVERY_TIMEOUT_S,
+        what=f"{ALERT} (threshold {LOW}) at the webhook",
+    )
     alert = received[0]
     print(f"{ALERT} reached the webhook {alert['received'] - started['low']:.1f} s after Prometheus started")
     assert alert["status"] == "firing"
-    assert alert["labels"] == {"alertname": ALERT, "severity": "warning", "model_name": "tiny-llama",
-                               "token_class": "output", "currency": "USD", "threshold_case": "low"}
+    assert alert["labels"] == {
+        "alertname": ALERT,
+        "severity": "warning",
+        "model_name": "tiny-llama",
+        "token_class": "output",
+        "currency": "USD",
+        "threshold_case": "low",
+    }
     assert alert["annotations"]["summary"].startswith("Output tokens of tiny-llama cost ")
     assert alert["annotations"]["summary"].endswith(" USD per million")
     assert "Decode is memory-bound" in alert["annotations"]["description"]
@@ -104,13 +126,19 @@ def test_high_threshold_alert_never_fires(prometheus_pair, webhook, alertmanager
     high = servers["high"]
     record = 'token_economy:fleet_cost_per_million_tokens:rate1h{token_class="output"}'
     # The condition's input exists and is evaluated: the same recorded cost the low copy alerted on.
-    values = wait_until(lambda: high.query(record), timeout=DELIVERY_TIMEOUT_S,
-                        what="the recorded output cost in the high-threshold Prometheus")
+    values = wait_until(
+        lambda: high.query(record),
+        timeout=DELIVERY_TIMEOUT_S,
+        what="the recorded output cost in the high-threshold Prometheus",
+    )
     assert 0 < float(values[0]["value"][1]) < float(HIGH)
     first_data = min(float(v[0]) for v in high.query_range(record, 300)[0]["values"])
     # The pipeline works: the low copy's alert arrives.
-    wait_until(lambda: webhook.alerts(alertname=ALERT, threshold_case="low"), timeout=DELIVERY_TIMEOUT_S,
-               what="the low-threshold alert")
+    wait_until(
+        lambda: webhook.alerts(alertname=ALERT, threshold_case="low"),
+        timeout=DELIVERY_TIMEOUT_S,
+        what="the low-threshold alert",
+    )
     # Then watch until `for:` plus ten evaluations, Alertmanager's group_wait and the resend delay
     # have passed since the data were there: an alert that could fire would have arrived by then.
     quiet_until = first_data + 2 + 10 * EVALUATION_S + 1 + 1
@@ -120,8 +148,11 @@ def test_high_threshold_alert_never_fires(prometheus_pair, webhook, alertmanager
     rule = _alert_rule(high)
     assert rule["health"] == "ok" and rule["state"] == "inactive" and rule["alerts"] == [], rule
     # ... and it was still being evaluated at the end of the watch.
-    last = datetime.fromisoformat(rule["lastEvaluation"][:19]).replace(tzinfo=timezone.utc).timestamp()
+    last = datetime.fromisoformat(rule["lastEvaluation"][:19]).replace(tzinfo=UTC).timestamp()
     assert last >= quiet_until - 3, (rule["lastEvaluation"], quiet_until)
-    assert not [a for a in alertmanager.alerts() if a["labels"].get("threshold_case") == "high"
-                and a["labels"]["alertname"] == ALERT]
+    assert not [
+        a
+        for a in alertmanager.alerts()
+        if a["labels"].get("threshold_case") == "high" and a["labels"]["alertname"] == ALERT
+    ]
     assert not webhook.alerts(alertname=ALERT, threshold_case="high")

@@ -16,7 +16,12 @@ import pytest
 
 from tests.e2e.vllm_server import HOST, free_port
 from tests.integration.servers import (
-    DASHBOARDS, RULES, Prometheus, dashboard_queries, grafana_interpolate, wait_until,
+    DASHBOARDS,
+    RULES,
+    Prometheus,
+    dashboard_queries,
+    grafana_interpolate,
+    wait_until,
 )
 
 SCRAPE_S = 1.0
@@ -30,10 +35,29 @@ def exporter_without_vllm(tmp_path_factory):
     port = free_port()
     log = open(workdir / "exporter.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "run", "--vllm-url", f"http://{HOST}:{free_port()}",
-         "--listen-address", f"{HOST}:{port}", "--interval", "0.5", "--energy-source", "phase-model",
-         "--gpu-type", "H100", "--gpu-hourly-price", "3"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "run",
+            "--vllm-url",
+            f"http://{HOST}:{free_port()}",
+            "--listen-address",
+            f"{HOST}:{port}",
+            "--interval",
+            "0.5",
+            "--energy-source",
+            "phase-model",
+            "--gpu-type",
+            "H100",
+            "--gpu-hourly-price",
+            "3",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_until(lambda: _serves(port) or proc.poll() is not None, timeout=30, what="the exporter's /healthz")
         assert proc.poll() is None, (workdir / "exporter.log").read_text()
@@ -53,9 +77,11 @@ def _serves(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def prometheus(exporter_under_load, exporter_without_vllm, tmp_path_factory):
-    server = Prometheus(tmp_path_factory.mktemp("prometheus-dashboards"),
-                        targets=[f"{HOST}:{exporter_under_load.port}", exporter_without_vllm],
-                        rule_files=[RULES]).start()
+    server = Prometheus(
+        tmp_path_factory.mktemp("prometheus-dashboards"),
+        targets=[f"{HOST}:{exporter_under_load.port}", exporter_without_vllm],
+        rule_files=[RULES],
+    ).start()
     try:
         yield server
     finally:
@@ -84,8 +110,10 @@ def queries_without_data(prometheus: Prometheus, queries: dict, timeout: float) 
 
 def panel_queries() -> dict:
     """Every query of every panel, as Grafana would send it with every variable set to All."""
-    return {tuple(where): grafana_interpolate(expr, scrape_interval_s=SCRAPE_S, step_s=1, range_s=RANGE_S)
-            for *where, expr in _all_queries()}
+    return {
+        tuple(where): grafana_interpolate(expr, scrape_interval_s=SCRAPE_S, step_s=1, range_s=RANGE_S)
+        for *where, expr in _all_queries()
+    }
 
 
 def test_every_panel_query_returns_data(prometheus):
@@ -117,28 +145,42 @@ def test_every_metric_a_panel_names_exists(prometheus):
 
 
 def test_the_failing_source_shows_on_the_health_panels(prometheus, exporter_without_vllm):
-    down = wait_until(lambda: prometheus.query(f'token_economy_source_up{{instance="{exporter_without_vllm}",source="vllm"}} == 0'),
-                      timeout=20, what="source_up 0 of the exporter without vLLM")
+    down = wait_until(
+        lambda: prometheus.query(f'token_economy_source_up{{instance="{exporter_without_vllm}",source="vllm"}} == 0'),
+        timeout=20,
+        what="source_up 0 of the exporter without vLLM",
+    )
     assert down
-    errors = wait_until(lambda: prometheus.query(
-        f'rate(token_economy_source_errors_total{{instance="{exporter_without_vllm}",source="vllm"}}[5s]) > 0'),
-        timeout=20, what="connection errors counted")
+    errors = wait_until(
+        lambda: prometheus.query(
+            f'rate(token_economy_source_errors_total{{instance="{exporter_without_vllm}",source="vllm"}}[5s]) > 0'
+        ),
+        timeout=20,
+        what="connection errors counted",
+    )
     assert {e["metric"]["reason"] for e in errors} == {"connection"}
 
 
 def test_every_recording_rule_evaluates_to_data_on_real_series(prometheus):
     """The shipped rules load, evaluate without error on real series, and each recorded series exists."""
     groups = prometheus.rule_groups()
-    assert {g["name"] for g in groups} == {"token_economy.recording.rate5m", "token_economy.recording.rate1h",
-                                           "token_economy.alerts"}
+    assert {g["name"] for g in groups} == {
+        "token_economy.recording.rate5m",
+        "token_economy.recording.rate1h",
+        "token_economy.alerts",
+    }
     records = {r["name"] for g in groups for r in g["rules"] if r["type"] == "recording"}
     assert len(records) >= 20
 
     def missing() -> set:
-        present = {s["metric"]["__name__"] for s in prometheus.query('count by (__name__) ({__name__=~"token_economy:.+"})')}
+        present = {
+            s["metric"]["__name__"] for s in prometheus.query('count by (__name__) ({__name__=~"token_economy:.+"})')
+        }
         return records - present
 
     wait_until(lambda: not missing(), timeout=30, what="a series of every recording rule")
-    assert [(r["name"], r["lastError"]) for g in prometheus.rule_groups() for r in g["rules"] if r["health"] != "ok"] == []
+    assert [
+        (r["name"], r["lastError"]) for g in prometheus.rule_groups() for r in g["rules"] if r["health"] != "ok"
+    ] == []
     classes = {s["metric"]["token_class"] for s in prometheus.query("token_economy:cost_per_million_tokens:rate5m")}
     assert classes == {"input", "cached_input", "output", "billed_input"}

@@ -58,7 +58,10 @@ def alerts(spec: dict) -> dict[str, dict]:
 
 def test_there_are_values_files_for_defaults_monitoring_only_and_everything_on():
     assert [p.name for p in VALUES_FILES] == [
-        "defaults-values.yaml", "everything-on-values.yaml", "monitoring-only-values.yaml"]
+        "defaults-values.yaml",
+        "everything-on-values.yaml",
+        "monitoring-only-values.yaml",
+    ]
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
@@ -83,8 +86,10 @@ def test_the_rules_pass_promtool_and_the_dashboards_are_shipped(values, tmp_path
 
 def test_at_default_values_the_rules_are_exactly_deploy_prometheus():
     spec = one(render(), "PrometheusRule")["spec"]
-    assert spec == source_rules(), "the chart's rules differ from deploy/prometheus (run scripts/sync-deploy-assets.py, " \
-                                   "and make values.yaml's prometheusRule.thresholds the file's literals)"
+    assert spec == source_rules(), (
+        "the chart's rules differ from deploy/prometheus (run scripts/sync-deploy-assets.py, "
+        "and make values.yaml's prometheusRule.thresholds the file's literals)"
+    )
 
 
 def test_every_marked_threshold_is_a_value_with_the_files_default():
@@ -101,10 +106,19 @@ def test_every_marked_threshold_is_a_value_with_the_files_default():
 
 
 def test_thresholds_disabled_alerts_and_alert_labels_change_only_themselves(tmp_path):
-    spec = one(render("--set", "prometheusRule.thresholds.TokenEconomyOutputCostHigh=4.5",
-                      "--set", "prometheusRule.thresholds.TokenEconomyIdleCostShareHigh=0.25",
-                      "--set", "prometheusRule.disabledAlerts={TokenEconomySourceDown}",
-                      "--set", "prometheusRule.alertLabels.team=ml"), "PrometheusRule")["spec"]
+    spec = one(
+        render(
+            "--set",
+            "prometheusRule.thresholds.TokenEconomyOutputCostHigh=4.5",
+            "--set",
+            "prometheusRule.thresholds.TokenEconomyIdleCostShareHigh=0.25",
+            "--set",
+            "prometheusRule.disabledAlerts={TokenEconomySourceDown}",
+            "--set",
+            "prometheusRule.alertLabels.team=ml",
+        ),
+        "PrometheusRule",
+    )["spec"]
     source = alerts(source_rules())
     changed = alerts(spec)
     assert set(source) - set(changed) == {"TokenEconomySourceDown"}
@@ -120,11 +134,14 @@ def test_thresholds_disabled_alerts_and_alert_labels_change_only_themselves(tmp_
     promtool_check(spec, tmp_path)
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("prometheusRule.thresholds.NoSuchAlert=1", "no alert named NoSuchAlert"),
-    ("prometheusRule.disabledAlerts={NoSuchAlert}", "no alert named NoSuchAlert"),
-    ("prometheusRule.thresholds.TokenEconomySourceDown=3", None),  # `== 0` is a comparison too
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("prometheusRule.thresholds.NoSuchAlert=1", "no alert named NoSuchAlert"),
+        ("prometheusRule.disabledAlerts={NoSuchAlert}", "no alert named NoSuchAlert"),
+        ("prometheusRule.thresholds.TokenEconomySourceDown=3", None),  # `== 0` is a comparison too
+    ],
+)
 def test_a_threshold_for_an_alert_that_is_not_there_fails_the_render(setting, message):
     result = template("--set", setting, check=message is None)
     if message:
@@ -137,17 +154,22 @@ def test_a_threshold_for_an_alert_that_is_not_there_fails_the_render(setting, me
 EVERYTHING = {"Deployment", "Service", "PodMonitor", "PrometheusRule", "ConfigMap"}
 
 
-@pytest.mark.parametrize("settings, kinds", [
-    ([], EVERYTHING),
-    (["vllm.enabled=false", "service.enabled=false", "podMonitor.selector.matchLabels.app=mine"],
-     EVERYTHING - {"Deployment", "Service"}),
-    (["service.enabled=false"], EVERYTHING - {"Service"}),
-    (["podMonitor.enabled=false"], EVERYTHING - {"PodMonitor"}),
-    (["serviceMonitor.enabled=true"], EVERYTHING | {"ServiceMonitor"}),
-    (["prometheusRule.enabled=false"], EVERYTHING - {"PrometheusRule"}),
-    (["dashboards.enabled=false"], EVERYTHING - {"ConfigMap"}),
-    (["exporter.enabled=false"], EVERYTHING),
-])
+@pytest.mark.parametrize(
+    "settings, kinds",
+    [
+        ([], EVERYTHING),
+        (
+            ["vllm.enabled=false", "service.enabled=false", "podMonitor.selector.matchLabels.app=mine"],
+            EVERYTHING - {"Deployment", "Service"},
+        ),
+        (["service.enabled=false"], EVERYTHING - {"Service"}),
+        (["podMonitor.enabled=false"], EVERYTHING - {"PodMonitor"}),
+        (["serviceMonitor.enabled=true"], EVERYTHING | {"ServiceMonitor"}),
+        (["prometheusRule.enabled=false"], EVERYTHING - {"PrometheusRule"}),
+        (["dashboards.enabled=false"], EVERYTHING - {"ConfigMap"}),
+        (["exporter.enabled=false"], EVERYTHING),
+    ],
+)
 def test_each_object_can_be_turned_off(settings, kinds):
     args = [a for s in settings for a in ("--set", s)]
     docs = render(*args)
@@ -158,17 +180,23 @@ def test_each_object_can_be_turned_off(settings, kinds):
         assert [c["name"] for c in spec["containers"]] == ["vllm"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "vllm.enabled=false", "--set", "service.enabled=false"], "podMonitor.selector is required"),
-    (["--set", "vllm.enabled=false", "--set", "podMonitor.selector.matchLabels.app=x"], "service.selector is required"),
-    (["--set", "pricing.currency=usd"], "currency"),
-    (["--set-json", "pricing.pue=0.5"], "pue"),
-    (["--set", "pricing.gpuHourlyPrice=two"], "gpuHourlyPrice"),
-    (["--set", "exporter.energySource=gpu"], "energySource"),
-    (["--set", "exporter.portName=Token_Economy"], "portName"),
-    (["--set", "gpu.count=0"], "count"),
-    (["--set", "pricng.gpuHourlyPrice=2"], "pricng"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "vllm.enabled=false", "--set", "service.enabled=false"], "podMonitor.selector is required"),
+        (
+            ["--set", "vllm.enabled=false", "--set", "podMonitor.selector.matchLabels.app=x"],
+            "service.selector is required",
+        ),
+        (["--set", "pricing.currency=usd"], "currency"),
+        (["--set-json", "pricing.pue=0.5"], "pue"),
+        (["--set", "pricing.gpuHourlyPrice=two"], "gpuHourlyPrice"),
+        (["--set", "exporter.energySource=gpu"], "energySource"),
+        (["--set", "exporter.portName=Token_Economy"], "portName"),
+        (["--set", "gpu.count=0"], "count"),
+        (["--set", "pricng.gpuHourlyPrice=2"], "pricng"),
+    ],
+)
 def test_bad_values_stop_the_render_naming_the_value(args, message):
     result = template(*args, check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr
@@ -177,7 +205,9 @@ def test_bad_values_stop_the_render_naming_the_value(args, message):
 def test_decimals_from_the_command_line_are_accepted(monkeypatch):
     # `helm --set` passes 2.50 as a string: the schema takes numeric strings, and the exporter
     # gets the number.
-    docs = render("--set", "pricing.gpuHourlyPrice=2.50", "--set", "prometheusRule.thresholds.TokenEconomyInputCostHigh=1.5")
+    docs = render(
+        "--set", "pricing.gpuHourlyPrice=2.50", "--set", "prometheusRule.thresholds.TokenEconomyInputCostHigh=1.5"
+    )
     settings = check_settings_accepted(exporter_environment(check_pod(one(docs, "Deployment"))), monkeypatch)
     assert settings.gpu_hourly_price == 2.5
     assert alerts(one(docs, "PrometheusRule")["spec"])["TokenEconomyInputCostHigh"]["expr"].strip().endswith("> 1.5")
@@ -260,21 +290,32 @@ def test_the_chart_renders_what_the_kustomize_base_ships():
     chart_spec, base_spec = (one(d, "Deployment")["spec"]["template"]["spec"] for d in (chart, base))
     for key in ("securityContext", "shareProcessNamespace", "automountServiceAccountToken"):
         assert chart_spec[key] == base_spec[key], key
-    strip = lambda m: {k: v for k, v in m["spec"]["podMetricsEndpoints"][0].items()}  # noqa: E731
+    strip = lambda m: dict(m["spec"]["podMetricsEndpoints"][0].items())  # noqa: E731
     assert strip(one(chart, "PodMonitor")) == strip(one(base, "PodMonitor"))
 
 
 def test_notes_say_where_to_look():
     notes = helm("install", "tee", str(CHART), "--namespace", "ml-serving", "--dry-run=client").stdout
-    notes = notes[notes.index("NOTES:"):]
-    for expected in ("port-forward deploy/tee-token-economy-exporter 9477", "/metrics", "-c token-economy-exporter",
-                     "PodMonitor/tee-token-economy-exporter", "PrometheusRule/tee-token-economy-exporter",
-                     "grafana_dashboard", "podMonitor.labels.release", "WARNING: pricing.gpuHourlyPrice is 0"):
+    notes = notes[notes.index("NOTES:") :]
+    for expected in (
+        "port-forward deploy/tee-token-economy-exporter 9477",
+        "/metrics",
+        "-c token-economy-exporter",
+        "PodMonitor/tee-token-economy-exporter",
+        "PrometheusRule/tee-token-economy-exporter",
+        "grafana_dashboard",
+        "podMonitor.labels.release",
+        "WARNING: pricing.gpuHourlyPrice is 0",
+    ):
         assert expected in notes, expected
-    for title in (d["title"] for d in (yaml.safe_load(p.read_text()) for p in (ROOT / "grafana" / "dashboards").glob("*.json"))):
+    for title in (
+        d["title"] for d in (yaml.safe_load(p.read_text()) for p in (ROOT / "grafana" / "dashboards").glob("*.json"))
+    ):
         assert title in notes, title
-    priced = helm("install", "tee", str(CHART), "--dry-run=client", "-f", str(CHART / "ci" / "everything-on-values.yaml")).stdout
-    assert "WARNING" not in priced[priced.index("NOTES:"):]
+    priced = helm(
+        "install", "tee", str(CHART), "--dry-run=client", "-f", str(CHART / "ci" / "everything-on-values.yaml")
+    ).stdout
+    assert "WARNING" not in priced[priced.index("NOTES:") :]
 
 
 def test_chart_image_and_package_versions_agree():
@@ -292,7 +333,7 @@ def test_chart_image_and_package_versions_agree():
 def readme_snippet() -> str:
     """The Deployment template in the chart README's section on your own vLLM chart."""
     readme = (CHART / "README.md").read_text()
-    section = readme[readme.index("## Your own vLLM chart"):]
+    section = readme[readme.index("## Your own vLLM chart") :]
     match = re.search(r"```yaml\n(# templates/deployment\.yaml\n.*?)```", section, re.S)
     assert match, "the README's sidecar example is missing"
     return match.group(1)
@@ -313,8 +354,10 @@ def parent_chart(tmp_path: Path, native: bool) -> Path:
         lines = snippet.splitlines(keepends=True)
         start = lines.index("      initContainers:\n")
         include = lines[start + 1].replace('"token-economy-exporter"))', '"token-economy-exporter") "native" false)')
-        assert include != lines[start + 1] and lines[-1].startswith("              mountPath"), "the README's example moved"
-        snippet = "".join(lines[:start] + lines[start + 2:] + [include])
+        assert include != lines[start + 1] and lines[-1].startswith("              mountPath"), (
+            "the README's example moved"
+        )
+        snippet = "".join(lines[:start] + lines[start + 2 :] + [include])
     (parent / "templates" / "deployment.yaml").write_text(snippet)
     return parent
 

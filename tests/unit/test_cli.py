@@ -8,8 +8,9 @@ from exporter.config import Settings
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, timeout=60,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
 
 
 @pytest.mark.parametrize(
@@ -107,7 +108,9 @@ def test_version_and_help():
 def test_electricity_is_opt_in_when_a_rental_price_is_set():
     assert Settings(electricity_price_per_kwh=0.2).electricity_billing == "counted"
     assert Settings(electricity_price_per_kwh=0.2, gpu_hourly_price=3).electricity_billing == "excluded"
-    assert Settings(electricity_price_per_kwh=0.2, gpu_hourly_price=3,
-                    electricity_with_rental=True).electricity_billing == "counted"
+    assert (
+        Settings(electricity_price_per_kwh=0.2, gpu_hourly_price=3, electricity_with_rental=True).electricity_billing
+        == "counted"
+    )
     assert Settings().electricity_billing == "unpriced"
     assert main(["run", "--electricity-with-rental", "maybe"]) == 2

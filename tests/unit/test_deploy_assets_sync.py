@@ -27,7 +27,8 @@ sync = load_script()
 def test_the_committed_copies_equal_the_sources():
     differences = sync.differences(ROOT)
     assert differences == [], "copies differ from their sources; run scripts/sync-deploy-assets.py:\n" + "\n".join(
-        differences)
+        differences
+    )
 
 
 def test_the_kustomize_prometheusrule_wraps_the_rules_unchanged():
@@ -47,8 +48,13 @@ def test_every_dashboard_has_a_configmap_in_the_kustomization():
 @pytest.fixture
 def tree(tmp_path) -> Path:
     """A copy of the sources and the copies, to break."""
-    for rel in (sync.RULES_SOURCE, sync.DASHBOARDS_SOURCE, sync.CHART_FILES, f"{sync.KUSTOMIZE}/dashboards",
-                f"{sync.KUSTOMIZE}/prometheusrule.yaml"):
+    for rel in (
+        sync.RULES_SOURCE,
+        sync.DASHBOARDS_SOURCE,
+        sync.CHART_FILES,
+        f"{sync.KUSTOMIZE}/dashboards",
+        f"{sync.KUSTOMIZE}/prometheusrule.yaml",
+    ):
         src, dst = ROOT / rel, tmp_path / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)

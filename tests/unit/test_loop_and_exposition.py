@@ -20,7 +20,7 @@ from exporter.loop import CollectionLoop
 from exporter.model_spec import ModelSpec
 from exporter.pricing import Prices
 from exporter.server import HttpServer, MetricsCache, Routes
-from exporter.sources.snapshots import EngineSample, EnergySnapshot, GpuReading, SourceError, VllmSnapshot
+from exporter.sources.snapshots import EnergySnapshot, EngineSample, GpuReading, SourceError, VllmSnapshot
 
 
 class ScriptedVllm:
@@ -32,9 +32,21 @@ class ScriptedVllm:
     def read(self):
         if self.fail:
             raise self.fail
-        return VllmSnapshot(self.t, (EngineSample("m", "0", prompt_tokens=self.tokens, generation_tokens=self.tokens / 2,
-                                                 computed_prompt_tokens=self.tokens, cached_prompt_tokens=0.0,
-                                                 steps=self.tokens / 4, requests_running=1.0 if self.tokens else 0.0),))
+        return VllmSnapshot(
+            self.t,
+            (
+                EngineSample(
+                    "m",
+                    "0",
+                    prompt_tokens=self.tokens,
+                    generation_tokens=self.tokens / 2,
+                    computed_prompt_tokens=self.tokens,
+                    cached_prompt_tokens=0.0,
+                    steps=self.tokens / 4,
+                    requests_running=1.0 if self.tokens else 0.0,
+                ),
+            ),
+        )
 
 
 class ScriptedEnergy:
@@ -47,22 +59,48 @@ class ScriptedEnergy:
     def read(self):
         if self.raise_error:
             raise self.raise_error
-        return EnergySnapshot(self.t, (
-            GpuReading(0, "GPU-a", "NVIDIA H100 80GB HBM3", None if self.gpu_error else self.joules, 200.0, "counter", self.gpu_error),
-            GpuReading(1, "GPU-b", "NVIDIA H100 80GB HBM3", self.joules, 200.0, "counter"),
-        ))
+        return EnergySnapshot(
+            self.t,
+            (
+                GpuReading(
+                    0,
+                    "GPU-a",
+                    "NVIDIA H100 80GB HBM3",
+                    None if self.gpu_error else self.joules,
+                    200.0,
+                    "counter",
+                    self.gpu_error,
+                ),
+                GpuReading(1, "GPU-b", "NVIDIA H100 80GB HBM3", self.joules, 200.0, "counter"),
+            ),
+        )
 
 
 @pytest.fixture
 def rig():
-    prior = roofline_prior(GPU_TABLE["H100"], 2, ModelSpec(8e9, 8e9, 2, 0, "t"), compute_efficiency=0.5,
-                           bandwidth_efficiency=0.7, step_overhead_seconds=0.002, relative_stddev=0.5)
+    prior = roofline_prior(
+        GPU_TABLE["H100"],
+        2,
+        ModelSpec(8e9, 8e9, 2, 0, "t"),
+        compute_efficiency=0.5,
+        bandwidth_efficiency=0.7,
+        step_overhead_seconds=0.002,
+        relative_stddev=0.5,
+    )
     attributor = Attributor(prior, IdlePowerEstimator(150, 10, 3), Prices(2.0, 0.0, 1.0, 300.0), 2)
     ledger = Ledger()
     vllm, energy = ScriptedVllm(), ScriptedEnergy()
     clock = iter(range(10**6))
-    loop = CollectionLoop(vllm, energy, attributor, ledger, structlog.get_logger(), 1.0,
-                          clock=lambda: float(next(clock)) / 1000, wall_clock=lambda: 1.7e9)
+    loop = CollectionLoop(
+        vllm,
+        energy,
+        attributor,
+        ledger,
+        structlog.get_logger(),
+        1.0,
+        clock=lambda: float(next(clock)) / 1000,
+        wall_clock=lambda: 1.7e9,
+    )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(ledger, {"version": "t", "energy_source": "nvml", "currency": "EUR"}))
     return loop, ledger, vllm, energy, registry
@@ -87,26 +125,36 @@ def step(loop, vllm, energy, t, tokens, joules):
 
 
 def test_totals_conserve_energy_and_mirror_tokens(rig):
-    loop, ledger, vllm, energy, registry = rig
+    loop, _ledger, vllm, energy, registry = rig
     for i, (tokens, joules) in enumerate([(0, 0), (400, 300), (800, 700), (800, 850), (2000, 1500)]):
         step(loop, vllm, energy, float(i), tokens, joules)
     m = samples(registry)
-    measured = value(m, "token_economy_gpu_energy_joules_total", gpu="0", gpu_uuid="GPU-a", gpu_name="NVIDIA H100 80GB HBM3") * 2
-    classes = [value(m, "token_economy_energy_joules_total", model_name="m", token_class=c) for c in ("input", "output", "idle")]
+    measured = (
+        value(m, "token_economy_gpu_energy_joules_total", gpu="0", gpu_uuid="GPU-a", gpu_name="NVIDIA H100 80GB HBM3")
+        * 2
+    )
+    classes = [
+        value(m, "token_economy_energy_joules_total", model_name="m", token_class=c)
+        for c in ("input", "output", "idle")
+    ]
     assert math.isclose(sum(classes), measured, rel_tol=1e-9) and measured == 3000
     assert value(m, "token_economy_tokens_total", model_name="m", token_class="input") == 2000
     assert value(m, "token_economy_tokens_total", model_name="m", token_class="output") == 1000
-    cost = sum(v for (n, l), v in m.items() if n == "token_economy_cost_total")
+    cost = sum(v for (n, _labels), v in m.items() if n == "token_economy_cost_total")
     assert cost == pytest.approx(2.0 * 2 * 4 / 3600)
-    assert ("token_economy_cost_total", (("component", "rental"), ("currency", "EUR"), ("model_name", "m"), ("token_class", "output"))) in m
+    assert (
+        "token_economy_cost_total",
+        (("component", "rental"), ("currency", "EUR"), ("model_name", "m"), ("token_class", "output")),
+    ) in m
     assert value(m, "token_economy_source_up", source="vllm") == 1
     assert value(m, "token_economy_build_info", version="t", energy_source="nvml", currency="EUR") == 1
-    assert value(m, "token_economy_marginal_energy_joules_per_token", model_name="m", token_class="output") > \
-        value(m, "token_economy_marginal_energy_joules_per_token", model_name="m", token_class="input")
+    assert value(m, "token_economy_marginal_energy_joules_per_token", model_name="m", token_class="output") > value(
+        m, "token_economy_marginal_energy_joules_per_token", model_name="m", token_class="input"
+    )
 
 
 def test_outage_is_counted_logged_once_and_energy_keeps_counting(rig):
-    loop, ledger, vllm, energy, registry = rig
+    loop, _ledger, vllm, energy, registry = rig
     step(loop, vllm, energy, 0.0, 0, 0)
     vllm.fail = SourceError("connection", "refused")
     with structlog.testing.capture_logs() as logs:
@@ -123,7 +171,7 @@ def test_outage_is_counted_logged_once_and_energy_keeps_counting(rig):
 
 
 def test_a_gpu_error_marks_energy_down_but_loses_nothing(rig):
-    loop, ledger, vllm, energy, registry = rig
+    loop, _ledger, vllm, energy, registry = rig
     step(loop, vllm, energy, 0.0, 0, 0)
     energy.gpu_error = "nvml_gpu_lost"
     step(loop, vllm, energy, 1.0, 0, 100)
@@ -136,7 +184,7 @@ def test_a_gpu_error_marks_energy_down_but_loses_nothing(rig):
 
 
 def test_an_unexpected_exception_in_a_source_never_escapes(rig):
-    loop, ledger, vllm, energy, registry = rig
+    loop, _ledger, _vllm, energy, registry = rig
     energy.raise_error = RuntimeError("library bug")
     loop.tick()
     assert value(samples(registry), "token_economy_source_errors_total", source="energy", reason="internal") == 1

@@ -23,12 +23,21 @@ def test_every_setting_is_documented_with_flag_and_variable():
 
 def test_every_metric_family_is_documented():
     ledger = Ledger()
-    ledger.apply(TickResult(tokens={("m", "input"): 1.0}, models=("m",), residual_ratio=0.1,
-                            coefficients={"input": (1.0, 0.1)}, marginal={("m", "input"): (1.0, 0.1)},
-                            allocation=Allocation({("m", "idle"): 1.0}, {("m", "idle"): 1.0}, 0.0, 0.0, 1.0, 0.0),
-                            costs={("m", "idle", "rental"): 1.0}, emissions={("m", "idle"): 1.0},
-                            gpu_energy={("0", "u", "n"): 1.0}, gpu_power={("0", "u", "n"): 1.0}),
-                 idle_measured=False)
+    ledger.apply(
+        TickResult(
+            tokens={("m", "input"): 1.0},
+            models=("m",),
+            residual_ratio=0.1,
+            coefficients={"input": (1.0, 0.1)},
+            marginal={("m", "input"): (1.0, 0.1)},
+            allocation=Allocation({("m", "idle"): 1.0}, {("m", "idle"): 1.0}, 0.0, 0.0, 1.0, 0.0),
+            costs={("m", "idle", "rental"): 1.0},
+            emissions={("m", "idle"): 1.0},
+            gpu_energy={("0", "u", "n"): 1.0},
+            gpu_power={("0", "u", "n"): 1.0},
+        ),
+        idle_measured=False,
+    )
     ledger.record_read("vllm", False, 0.1, ("timeout",))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(ledger, {"version": "t"}, Prices(3.0, 0.1, 1.2, 400.0)))

@@ -1,4 +1,3 @@
-import gzip
 import socket
 
 import httpx
@@ -17,8 +16,11 @@ def served():
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(ledger, {"version": "t"}))
     now = [0.0]
-    server = HttpServer("127.0.0.1", 0, Routes(MetricsCache(registry, ledger, clock=lambda: now[0]), ledger,
-                                                "http://127.0.0.1:8000", "nvml"))
+    server = HttpServer(
+        "127.0.0.1",
+        0,
+        Routes(MetricsCache(registry, ledger, clock=lambda: now[0]), ledger, "http://127.0.0.1:8000", "nvml"),
+    )
     server.start()
     yield f"http://127.0.0.1:{server.port}", ledger, server
     server.stop()
@@ -29,7 +31,9 @@ def test_a_scrape_after_a_tick_sees_the_tick(served):
     with httpx.Client() as client:
         assert "token_economy_tokens_total{" not in client.get(url + "/metrics").text
         ledger.apply(TickResult(tokens={("m", "output"): 5.0}, models=("m",)), idle_measured=False)
-        assert 'token_economy_tokens_total{model_name="m",token_class="output"} 5.0' in client.get(url + "/metrics").text
+        assert (
+            'token_economy_tokens_total{model_name="m",token_class="output"} 5.0' in client.get(url + "/metrics").text
+        )
 
 
 def test_keep_alive_serves_many_requests_on_one_connection(served):

@@ -8,11 +8,18 @@ from exporter.attribution.prior import roofline_prior
 from exporter.gpu_table import GPU_TABLE
 from exporter.model_spec import ModelSpec
 from exporter.pricing import Prices
-from exporter.sources.snapshots import EngineSample, EnergySnapshot, GpuReading, VllmSnapshot
+from exporter.sources.snapshots import EnergySnapshot, EngineSample, GpuReading, VllmSnapshot
 
 SPEC = ModelSpec(8e9, 8e9, 2.0, 131072.0, "test")
-PRIOR = roofline_prior(GPU_TABLE["H100"], 1, SPEC, compute_efficiency=0.5, bandwidth_efficiency=0.7,
-                       step_overhead_seconds=0.002, relative_stddev=0.5)
+PRIOR = roofline_prior(
+    GPU_TABLE["H100"],
+    1,
+    SPEC,
+    compute_efficiency=0.5,
+    bandwidth_efficiency=0.7,
+    step_overhead_seconds=0.002,
+    relative_stddev=0.5,
+)
 
 
 def make(prices=Prices(4.0, 0.0, 1.0, 0.0), min_samples=3):
@@ -20,17 +27,43 @@ def make(prices=Prices(4.0, 0.0, 1.0, 0.0), min_samples=3):
 
 
 def page(t, prompt=0.0, gen=0.0, steps=0.0, running=0.0, created=1.0):
-    return VllmSnapshot(t, (EngineSample("m", "0", prompt_tokens=prompt, generation_tokens=gen,
-                                          cached_prompt_tokens=0.0, computed_prompt_tokens=prompt, steps=steps,
-                                          created=created, kv_cache_usage=0.0, kv_cache_capacity_tokens=1e5,
-                                          requests_running=running, requests_waiting=0.0),))
+    return VllmSnapshot(
+        t,
+        (
+            EngineSample(
+                "m",
+                "0",
+                prompt_tokens=prompt,
+                generation_tokens=gen,
+                cached_prompt_tokens=0.0,
+                computed_prompt_tokens=prompt,
+                steps=steps,
+                created=created,
+                kv_cache_usage=0.0,
+                kv_cache_capacity_tokens=1e5,
+                requests_running=running,
+                requests_waiting=0.0,
+            ),
+        ),
+    )
 
 
 def gpus(t, *joules, errors=()):
-    return EnergySnapshot(t, tuple(
-        GpuReading(i, f"GPU-{i}", "NVIDIA H100 80GB HBM3", None if i in errors else j, 100.0, "counter",
-                   "nvml_error" if i in errors else None)
-        for i, j in enumerate(joules)))
+    return EnergySnapshot(
+        t,
+        tuple(
+            GpuReading(
+                i,
+                f"GPU-{i}",
+                "NVIDIA H100 80GB HBM3",
+                None if i in errors else j,
+                100.0,
+                "counter",
+                "nvml_error" if i in errors else None,
+            )
+            for i, j in enumerate(joules)
+        ),
+    )
 
 
 def energy_sum(results):
@@ -44,7 +77,10 @@ def test_first_tick_is_a_baseline_then_energy_is_conserved_per_tick():
     assert r.energy_joules == 700.0
     assert math.fsum(r.allocation.energy.values()) == pytest.approx(700.0, rel=1e-12)
     assert r.tokens[("m", "input")] == 500 and r.tokens[("m", "output")] == 100
-    assert r.gpu_energy == {("0", "GPU-0", "NVIDIA H100 80GB HBM3"): 400.0, ("1", "GPU-1", "NVIDIA H100 80GB HBM3"): 300.0}
+    assert r.gpu_energy == {
+        ("0", "GPU-0", "NVIDIA H100 80GB HBM3"): 400.0,
+        ("1", "GPU-1", "NVIDIA H100 80GB HBM3"): 300.0,
+    }
 
 
 def test_idle_intervals_teach_the_idle_power_and_go_to_idle():
@@ -116,7 +152,10 @@ def test_electricity_and_carbon_follow_energy_times_pue():
 
 def test_phase_model_energy_is_idle_plus_declared_work_capped_at_the_board_limit():
     a = make()
-    modelled = lambda t: EnergySnapshot(t, (GpuReading(0, "unknown", "H100 (declared)", None, None, "phase_model"),), True)
+
+    def modelled(t):
+        return EnergySnapshot(t, (GpuReading(0, "unknown", "H100 (declared)", None, None, "phase_model"),), True)
+
     a.tick(page(0), modelled(0))
     idle = a.tick(page(1), modelled(1))
     assert idle.energy_joules == pytest.approx(75.0)
@@ -140,8 +179,15 @@ def test_with_the_estimator_the_split_still_conserves_and_the_fit_moves():
     from exporter.attribution.estimator import EstimatorSettings, MarginalCostEstimator
 
     est = MarginalCostEstimator(PRIOR.energy, EstimatorSettings(window_seconds=5))
-    a = Attributor(PRIOR, IdlePowerEstimator(75.0, 10, 3), Prices(4.0, 0.0, 1.0, 0.0), 1, Policy(),
-                   limit_watts_total=700.0, estimator=est)
+    a = Attributor(
+        PRIOR,
+        IdlePowerEstimator(75.0, 10, 3),
+        Prices(4.0, 0.0, 1.0, 0.0),
+        1,
+        Policy(),
+        limit_watts_total=700.0,
+        estimator=est,
+    )
     a.tick(page(0), gpus(0, 0.0))
     joules, prompt, gen, steps = 0.0, 0.0, 0.0, 0.0
     for t in range(1, 200):
@@ -159,9 +205,19 @@ def test_with_the_estimator_the_split_still_conserves_and_the_fit_moves():
 def test_a_capped_modelled_interval_is_split_by_the_costs_not_by_their_uncertainty():
     from exporter.attribution.estimator import MarginalCostEstimator
 
-    a = Attributor(PRIOR, IdlePowerEstimator(75.0, 10, 3), Prices(4.0, 0.0, 1.0, 0.0), 1, Policy(),
-                   limit_watts_total=300.0, estimator=MarginalCostEstimator(PRIOR.energy))
-    modelled = lambda t: EnergySnapshot(t, (GpuReading(0, "unknown", "H100 (declared)", None, None, "phase_model"),), True)
+    a = Attributor(
+        PRIOR,
+        IdlePowerEstimator(75.0, 10, 3),
+        Prices(4.0, 0.0, 1.0, 0.0),
+        1,
+        Policy(),
+        limit_watts_total=300.0,
+        estimator=MarginalCostEstimator(PRIOR.energy),
+    )
+
+    def modelled(t):
+        return EnergySnapshot(t, (GpuReading(0, "unknown", "H100 (declared)", None, None, "phase_model"),), True)
+
     a.tick(page(0), modelled(0))
     r = a.tick(page(30, prompt=5e5, gen=2000, steps=200, running=1), modelled(30))
     assert r.energy_joules == pytest.approx(300.0 * 30)  # capped: below what the costs predict

@@ -2,7 +2,8 @@ import math
 import random
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.attribution.estimator import EstimatorSettings, MarginalCostEstimator
 from exporter.attribution.prior import Coefficients
@@ -19,8 +20,12 @@ def energy(theta, w):
 def mixed_window(rng, seconds=5.0):
     steps = rng.uniform(50, 400) * seconds / 5
     batch = rng.uniform(2, 64)
-    return Work(input=rng.uniform(0, 20000) * seconds / 5, output=steps * batch, steps=steps,
-                kv_context=steps * batch * rng.uniform(200, 3000))
+    return Work(
+        input=rng.uniform(0, 20000) * seconds / 5,
+        output=steps * batch,
+        steps=steps,
+        kv_context=steps * batch * rng.uniform(200, 3000),
+    )
 
 
 def feed(est, rng, windows, make, noise=0.03, seconds=5.0):
@@ -92,8 +97,13 @@ def test_amortised_output_cost_includes_the_step_share():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.floats(-1e4, 1e6), st.floats(0, 1e5), st.floats(0, 1e5), st.floats(0, 1e3),
-                          st.floats(0, 1e8)), min_size=1, max_size=40))
+@given(
+    st.lists(
+        st.tuples(st.floats(-1e4, 1e6), st.floats(0, 1e5), st.floats(0, 1e5), st.floats(0, 1e3), st.floats(0, 1e8)),
+        min_size=1,
+        max_size=40,
+    )
+)
 def test_any_trace_keeps_finite_non_negative_coefficients_and_a_valid_covariance(trace):
     est = MarginalCostEstimator(PRIOR, EstimatorSettings(window_seconds=1))
     for y, p, g, s, k in trace:
@@ -108,7 +118,7 @@ def test_covariance_of_a_single_driver_is_its_variance_and_is_symmetric():
     est = MarginalCostEstimator(PRIOR)
     feed(est, random.Random(4), 200, mixed_window)
     sd = est.stddevs
-    assert est.covariance([1, 0, 0, 0], [1, 0, 0, 0]) == pytest.approx(sd.input ** 2)
-    assert est.covariance([0, 0, 1, 0], [0, 0, 1, 0]) == pytest.approx(sd.step ** 2)
+    assert est.covariance([1, 0, 0, 0], [1, 0, 0, 0]) == pytest.approx(sd.input**2)
+    assert est.covariance([0, 0, 1, 0], [0, 0, 1, 0]) == pytest.approx(sd.step**2)
     g, h = [300.0, 50.0, 2.0, 1e5], [10.0, 400.0, 20.0, 4e6]
     assert est.covariance(g, h) == pytest.approx(est.covariance(h, g))

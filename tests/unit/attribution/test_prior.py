@@ -8,7 +8,12 @@ LLAMA2_70B = ModelSpec(69e9, 69e9, 2.0, 2 * 80 * 8 * 128 * 2.0, "test")
 
 
 def prior(gpu="H100", n=2, model=LLAMA2_70B, **kw):
-    args = dict(compute_efficiency=0.5, bandwidth_efficiency=0.7, step_overhead_seconds=0.002, relative_stddev=0.5)
+    args = {
+        "compute_efficiency": 0.5,
+        "bandwidth_efficiency": 0.7,
+        "step_overhead_seconds": 0.002,
+        "relative_stddev": 0.5,
+    }
     args.update(kw)
     return roofline_prior(GPU_TABLE[gpu], n, model, **args)
 
@@ -42,18 +47,34 @@ def test_phase_power_settings_override_the_table():
 
 
 def test_config_json_of_a_llama_8b_counts_about_8_billion_parameters():
-    spec = from_config({
-        "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-        "intermediate_size": 14336, "vocab_size": 128256, "torch_dtype": "bfloat16", "tie_word_embeddings": False,
-    })
+    spec = from_config(
+        {
+            "hidden_size": 4096,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "intermediate_size": 14336,
+            "vocab_size": 128256,
+            "torch_dtype": "bfloat16",
+            "tie_word_embeddings": False,
+        }
+    )
     assert spec.total_params == pytest.approx(8.03e9, rel=0.01)
     assert spec.bytes_per_param == 2.0
     assert spec.kv_bytes_per_token == 2 * 32 * 8 * 128 * 2
 
 
 def test_moe_config_counts_active_experts_only_for_flops():
-    spec = from_config({
-        "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-        "intermediate_size": 14336, "vocab_size": 32000, "num_local_experts": 8, "num_experts_per_tok": 2,
-    })
+    spec = from_config(
+        {
+            "hidden_size": 4096,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "intermediate_size": 14336,
+            "vocab_size": 32000,
+            "num_local_experts": 8,
+            "num_experts_per_tok": 2,
+        }
+    )
     assert 12e9 < spec.active_params < 14e9 < 45e9 < spec.total_params < 48e9

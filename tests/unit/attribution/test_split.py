@@ -1,7 +1,8 @@
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.attribution.prior import Coefficients
 from exporter.attribution.split import allocate, class_weights, driver_amounts
@@ -81,9 +82,21 @@ work_strategy = st.builds(
     occupancy=st.booleans(),
     on_output=st.booleans(),
 )
-def test_classes_always_sum_to_the_measured_energy_and_are_never_negative(energy, seconds, works, idle_watts, occupancy, on_output):
-    a = allocate(energy, seconds, works, ENERGY, TIME, 0.002, idle_watts, idle_models=list(works),
-                 static_by_occupancy=occupancy, step_on_output=on_output)
+def test_classes_always_sum_to_the_measured_energy_and_are_never_negative(
+    energy, seconds, works, idle_watts, occupancy, on_output
+):
+    a = allocate(
+        energy,
+        seconds,
+        works,
+        ENERGY,
+        TIME,
+        0.002,
+        idle_watts,
+        idle_models=list(works),
+        static_by_occupancy=occupancy,
+        step_on_output=on_output,
+    )
     assert all(v >= 0 and not math.isnan(v) for v in a.energy.values())
     assert math.isclose(total(a), energy, rel_tol=1e-9, abs_tol=1e-12)
     assert math.isclose(math.fsum(a.time_share.values()), 1.0, rel_tol=1e-9)
@@ -128,8 +141,18 @@ def test_conditioning_on_the_measurement_still_conserves(energy, works, factor, 
     def covariance(g, h):
         return sum(g[i] * cov[i][j] * h[j] for i in range(4) for j in range(4))
 
-    a = allocate(energy, 5.0, works, ENERGY, TIME, 0.002, 150.0, idle_models=list(works),
-                 step_on_output=on_output, covariance=covariance)
+    a = allocate(
+        energy,
+        5.0,
+        works,
+        ENERGY,
+        TIME,
+        0.002,
+        150.0,
+        idle_models=list(works),
+        step_on_output=on_output,
+        covariance=covariance,
+    )
     assert all(v >= 0 and not math.isnan(v) for v in a.energy.values())
     assert math.isclose(total(a), energy, rel_tol=1e-9, abs_tol=1e-12)
 

@@ -3,9 +3,18 @@ from exporter.sources.snapshots import EngineSample
 
 
 def sample(model="m", engine="0", **kw):
-    base = dict(prompt_tokens=0.0, generation_tokens=0.0, cached_prompt_tokens=0.0, computed_prompt_tokens=0.0,
-                steps=0.0, created=1.0, kv_cache_usage=0.0, kv_cache_capacity_tokens=1000.0,
-                requests_running=0.0, requests_waiting=0.0)
+    base = {
+        "prompt_tokens": 0.0,
+        "generation_tokens": 0.0,
+        "cached_prompt_tokens": 0.0,
+        "computed_prompt_tokens": 0.0,
+        "steps": 0.0,
+        "created": 1.0,
+        "kv_cache_usage": 0.0,
+        "kv_cache_capacity_tokens": 1000.0,
+        "requests_running": 0.0,
+        "requests_waiting": 0.0,
+    }
     base.update(kw)
     return EngineSample(model_name=model, engine=engine, **base)
 
@@ -13,11 +22,20 @@ def sample(model="m", engine="0", **kw):
 def test_classes_follow_vllm_counters_and_sum_over_engines():
     meter = WorkMeter()
     meter.update([sample(engine="0"), sample(engine="1")])
-    w = meter.update([
-        sample(engine="0", prompt_tokens=100, computed_prompt_tokens=60, cached_prompt_tokens=40,
-               generation_tokens=30, steps=10, requests_running=1),
-        sample(engine="1", prompt_tokens=50, computed_prompt_tokens=50, generation_tokens=5, steps=2),
-    ])
+    w = meter.update(
+        [
+            sample(
+                engine="0",
+                prompt_tokens=100,
+                computed_prompt_tokens=60,
+                cached_prompt_tokens=40,
+                generation_tokens=30,
+                steps=10,
+                requests_running=1,
+            ),
+            sample(engine="1", prompt_tokens=50, computed_prompt_tokens=50, generation_tokens=5, steps=2),
+        ]
+    )
     work = w.by_model["m"]
     assert (work.input, work.cached_input, work.output, work.steps) == (110, 40, 35, 12)
     assert not w.idle
@@ -33,8 +51,9 @@ def test_cached_from_cached_total_when_by_source_is_absent():
 def test_legacy_page_without_cache_counters_counts_all_prompt_tokens_as_computed():
     meter = WorkMeter()
     meter.update([sample(computed_prompt_tokens=None, cached_prompt_tokens=None, created=None)])
-    w = meter.update([sample(computed_prompt_tokens=None, cached_prompt_tokens=None, created=None,
-                             prompt_tokens=70)]).by_model["m"]
+    w = meter.update(
+        [sample(computed_prompt_tokens=None, cached_prompt_tokens=None, created=None, prompt_tokens=70)]
+    ).by_model["m"]
     assert (w.input, w.cached_input) == (70, 0)
 
 

@@ -1,6 +1,8 @@
 """Scheduling: determinism, the token budget, max_num_seqs, decode first, chunked prefill, KV
 blocks, the prefix cache, preemption, idle gaps."""
 
+import itertools
+
 from exporter.sim.engine import EngineConfig
 from exporter.sim.hardware import LLAMA_3_8B
 from exporter.sim.run import Simulation
@@ -131,14 +133,14 @@ def test_when_nothing_runs_the_clock_jumps_to_the_next_arrival_and_the_gap_is_id
     sim = trace_sim([(0.0, 100, 10), (50.0, 100, 10)])
     sim.advance_to(100.0)
     steps = sim.step_trace
-    gap = [(a.end, b.start) for a, b in zip(steps, steps[1:]) if b.start > a.end]
+    gap = [(a.end, b.start) for a, b in itertools.pairwise(steps) if b.start > a.end]
     assert len(gap) == 1 and gap[0][1] == 50.0
     truth = sim.oracle_totals()
     busy = sum(s.end - s.start for s in steps)
     assert abs(truth.seconds["idle"] - (100.0 - busy)) < 1e-9
     assert truth.steps == len(steps) == 20
     # Step ends and starts are contiguous while there is work.
-    assert all(b.start == a.end for a, b in zip(steps, steps[1:]) if b.start < 50.0)
+    assert all(b.start == a.end for a, b in itertools.pairwise(steps) if b.start < 50.0)
 
 
 def test_requests_longer_than_the_cache_are_rejected_not_stuck():

@@ -59,8 +59,9 @@ def test_idle_gaps_are_wholly_idle_at_idle_power():
 
 def test_a_compute_bound_step_draws_prefill_power_and_a_bandwidth_bound_one_decode_power():
     hw = HardwareModel(H100, LLAMA_3_8B, 1, roofline=Roofline(step_overhead_seconds=0.0))
-    flops_only = HardwareModel(H100, LLAMA_3_8B.__class__(8e9, 1.0, 2.0, 0.0, "test"), 1,
-                               roofline=Roofline(step_overhead_seconds=0.0))
+    flops_only = HardwareModel(
+        H100, LLAMA_3_8B.__class__(8e9, 1.0, 2.0, 0.0, "test"), 1, roofline=Roofline(step_overhead_seconds=0.0)
+    )
     prefill = flops_only.step(16384, 0, 0, 0, 0, 0)
     assert prefill.energy / prefill.seconds == pytest.approx(H100.prefill_watts, rel=1e-3)
     decode = hw.step(0, 1, 0, 0, 0, 0)
@@ -72,8 +73,13 @@ def test_power_is_capped_at_the_board_limit_and_the_cap_scales_every_dynamic_par
     hw = HardwareModel(gpu, LLAMA_3_8B, 2)
     big = hw.step(8192, 64, 20000, 5000, 8192 * 12000, 64 * 1500)
     assert big.energy / big.seconds == pytest.approx(2 * gpu.board_limit_watts, rel=1e-12)
-    free = HardwareModel(gpu.__class__(gpu.key, gpu.idle_watts, gpu.prefill_watts, gpu.decode_watts, 1e6,
-                                       gpu.peak_flops, gpu.memory_bandwidth), LLAMA_3_8B, 2)
+    free = HardwareModel(
+        gpu.__class__(
+            gpu.key, gpu.idle_watts, gpu.prefill_watts, gpu.decode_watts, 1e6, gpu.peak_flops, gpu.memory_bandwidth
+        ),
+        LLAMA_3_8B,
+        2,
+    )
     uncapped = free.step(8192, 64, 20000, 5000, 8192 * 12000, 64 * 1500)
     assert uncapped.energy > big.energy
     static = 2 * gpu.idle_watts * big.seconds
@@ -129,8 +135,9 @@ def test_ten_minutes_of_well_mixed_serving_take_seconds():
     sim.advance_to(600.0)
     cpu = time.perf_counter() - started
     truth = sim.oracle_totals()
-    print(f"\n600 s of well_mixed (8B, 1 x H100): {truth.steps} steps in {cpu:.2f} s of CPU, "
-          f"{600.0 / cpu:.0f}x real time")
+    print(
+        f"\n600 s of well_mixed (8B, 1 x H100): {truth.steps} steps in {cpu:.2f} s of CPU, {600.0 / cpu:.0f}x real time"
+    )
     assert truth.steps > 20000
     conserved(truth, 600.0)
 

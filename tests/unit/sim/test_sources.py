@@ -79,11 +79,19 @@ def test_a_real_time_driver_moves_virtual_time_with_the_wall_clock():
 
 
 def test_the_attribution_core_runs_on_the_simulator_unchanged_through_restarts_and_resets():
-    faults = Faults(vllm_restarts=(60.0,), restart_downtime_seconds=8.0, driver_resets=(100.0,), nvml_error_rate=0.05,
-                    gain=1.03)
+    faults = Faults(
+        vllm_restarts=(60.0,), restart_downtime_seconds=8.0, driver_resets=(100.0,), nvml_error_rate=0.05, gain=1.03
+    )
     sim = Simulation(well_mixed(), "H100", LLAMA_3_8B, seed=3, faults=faults)
-    prior = roofline_prior(GPU_TABLE["H100"], 1, LLAMA_3_8B, compute_efficiency=0.5, bandwidth_efficiency=0.7,
-                           step_overhead_seconds=0.002, relative_stddev=0.5)
+    prior = roofline_prior(
+        GPU_TABLE["H100"],
+        1,
+        LLAMA_3_8B,
+        compute_efficiency=0.5,
+        bandwidth_efficiency=0.7,
+        step_overhead_seconds=0.002,
+        relative_stddev=0.5,
+    )
     attributor = Attributor(prior, IdlePowerEstimator(75.0, 120, 5), Prices(0.0, 0.0, 1.0, 0.0), 1)
     vllm, energy = SimVllmSource(sim), SimEnergySource(sim)
     vllm_resets = energy_resets = 0

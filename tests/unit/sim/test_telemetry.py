@@ -1,6 +1,7 @@
 """What the simulator shows: vLLM's page with the real names, labels and semantics, read by the
 real parser; NVML's energy counter with its 100 ms steps, gain error, resets and read errors."""
 
+import itertools
 import math
 from pathlib import Path
 
@@ -59,7 +60,8 @@ def test_every_family_on_the_page_is_on_the_real_page_with_the_same_type_and_lab
         assert f"vllm:{family}_created" in ours
     buckets = [s for s in ours["vllm:iteration_tokens_total"].samples if s.name.endswith("_bucket")]
     assert [s.labels["le"] for s in buckets] == [
-        s.labels["le"] for s in real["vllm:iteration_tokens_total"].samples if s.name.endswith("_bucket")]
+        s.labels["le"] for s in real["vllm:iteration_tokens_total"].samples if s.name.endswith("_bucket")
+    ]
 
 
 @pytest.mark.parametrize("value", [0.0, 1.0, 109.0, 0.00293040293040292, 1.7954360166598783e09, 524288.0, 1e7, 1.5e7])
@@ -145,7 +147,8 @@ def test_a_vllm_restart_zeroes_the_counters_with_new_created_times_and_refuses_r
     truth_down = sim.oracle_totals()
     sim.advance_to(45.9)
     assert sim.oracle_totals().energy["idle"] - truth_down.energy["idle"] == pytest.approx(
-        2.9 * sim.gpu.idle_watts, rel=1e-9)  # downtime is idle
+        2.9 * sim.gpu.idle_watts, rel=1e-9
+    )  # downtime is idle
     sim.advance_to(60.0)
     after = source.read().engines[0]
     assert after.created == pytest.approx(sim.epoch + 46.0, abs=1e-3)
@@ -170,7 +173,7 @@ def test_the_energy_counter_steps_every_100_ms_in_whole_millijoules():
         times.append(sim.now)
     changes = [t for t, a, b in zip(times[1:], values, values[1:]) if b != a]
     assert 19 <= len(changes) <= 21  # 2 s of reads every 5 ms, busy GPU: one update per 100 ms
-    gaps = [b - a for a, b in zip(changes, changes[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(changes)]
     assert all(abs(g - 0.1) < 0.006 for g in gaps)
     assert all(abs(v * 1000 - round(v * 1000)) < 1e-6 for v in values)
 

@@ -68,8 +68,12 @@ def test_on_off_arrivals_leave_the_off_windows_empty():
 
 
 def test_a_share_of_requests_starts_with_a_shared_prefix_from_a_fixed_pool():
-    scenario = Scenario("x", Poisson(50.0), (RequestClass(Fixed(100), Fixed(5)),),
-                        Prefixes(count=3, length=Uniform(200, 300), reuse=0.7))
+    scenario = Scenario(
+        "x",
+        Poisson(50.0),
+        (RequestClass(Fixed(100), Fixed(5)),),
+        Prefixes(count=3, length=Uniform(200, 300), reuse=0.7),
+    )
     workload = Workload(scenario, 3)
     requests = draw(workload, 100)
     shared = [r for r in requests if r.prefix_id >= 0]
@@ -95,7 +99,9 @@ def test_a_trace_is_replayed_as_given():
     trace = Trace((TraceRequest(2.0, 100, 5), TraceRequest(1.0, 50, 3, prefix_id=4, prefix_len=32)))
     requests = draw(Workload(Scenario("t", trace), 0), 10)
     assert [(r.arrival, r.prompt_len, r.output_len, r.prefix_id, r.prefix_len) for r in requests] == [
-        (1.0, 50, 3, 4, 32), (2.0, 100, 5, -1, 0)]
+        (1.0, 50, 3, 4, 32),
+        (2.0, 100, 5, -1, 0),
+    ]
 
 
 def test_a_restart_refuses_open_loop_arrivals_while_down():

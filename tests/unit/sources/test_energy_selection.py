@@ -30,7 +30,10 @@ def clock() -> FakeClock:
 
 
 def fake(clock, name="NVIDIA H100 80GB HBM3", **kw) -> FakeNvml:
-    return FakeNvml([FakeGpu(name=name, uuid=UUID0, energy_mj=1000, **kw), FakeGpu(name=name, uuid=UUID1, energy_mj=3000, **kw)], clock)
+    return FakeNvml(
+        [FakeGpu(name=name, uuid=UUID0, energy_mj=1000, **kw), FakeGpu(name=name, uuid=UUID1, energy_mj=3000, **kw)],
+        clock,
+    )
 
 
 class _Tripwire(types.ModuleType):

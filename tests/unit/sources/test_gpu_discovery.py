@@ -19,7 +19,6 @@ from exporter.sources.gpu_discovery import (
     ORIGIN_FLAG,
     ORIGIN_VLLM_PROCESS,
     ProcTree,
-    find_vllm_gpus,
     looks_like_vllm,
     resolve_gpu_selection,
     vllm_gpus_from_environment,
@@ -106,8 +105,13 @@ def resolve(proc_tree, environ=None, visible=4, explicit=None):
         calls.append(1)
         return visible
 
-    selection = resolve_gpu_selection(explicit, environ if environ is not None else {"NVIDIA_VISIBLE_DEVICES": "all"},
-                                      visible_count, proc_tree, self_pid=SELF_PID)
+    selection = resolve_gpu_selection(
+        explicit,
+        environ if environ is not None else {"NVIDIA_VISIBLE_DEVICES": "all"},
+        visible_count,
+        proc_tree,
+        self_pid=SELF_PID,
+    )
     return selection, len(calls)
 
 
@@ -140,8 +144,9 @@ def test_which_command_lines_are_vllm(argv, expected):
 
 def test_explicit_gpus_win_over_everything(proc):
     proc.add(7, 0, VLLM_ARGV, {"NVIDIA_VISIBLE_DEVICES": UUIDS[2]})
-    selection, counted = resolve(proc.tree(), {"NVIDIA_VISIBLE_DEVICES": "all", "CUDA_VISIBLE_DEVICES": "3"},
-                                 explicit=f"1,{UUIDS[0]}")
+    selection, counted = resolve(
+        proc.tree(), {"NVIDIA_VISIBLE_DEVICES": "all", "CUDA_VISIBLE_DEVICES": "3"}, explicit=f"1,{UUIDS[0]}"
+    )
     assert (selection.gpus, selection.origin, selection.warning) == (("1", UUIDS[0]), ORIGIN_FLAG, None)
     assert counted == 0
 
@@ -228,8 +233,9 @@ def test_discovery_is_off_outside_a_gpu_container(proc):
     # No NVIDIA_VISIBLE_DEVICES on the exporter: bare metal, a laptop, CI. /proc is not read.
     selection, _ = resolve_gpu_selection(None, {}, lambda: 8, Tripwire(), self_pid=SELF_PID), None
     assert (selection.gpus, selection.origin, selection.warning) == (None, ORIGIN_ALL_VISIBLE, None)
-    selection = resolve_gpu_selection(None, {"NVIDIA_VISIBLE_DEVICES": "all"}, lambda: 8, Tripwire(),
-                                      self_pid=SELF_PID, discover=False)
+    selection = resolve_gpu_selection(
+        None, {"NVIDIA_VISIBLE_DEVICES": "all"}, lambda: 8, Tripwire(), self_pid=SELF_PID, discover=False
+    )
     assert (selection.gpus, selection.warning) == (None, None)
 
 
@@ -244,10 +250,18 @@ def test_none_and_void_select_no_gpu():
 def test_the_root_of_the_vllm_tree_answers_not_its_workers(proc):
     # Ray-style workers narrow CUDA_VISIBLE_DEVICES to one GPU each; the server holds the set.
     proc.add(7, 0, VLLM_ARGV, {"NVIDIA_VISIBLE_DEVICES": f"{UUIDS[0]},{UUIDS[1]}"})
-    proc.add(30, 7, ["VLLM::Worker_TP0"], {"NVIDIA_VISIBLE_DEVICES": f"{UUIDS[0]},{UUIDS[1]}",
-                                           "CUDA_VISIBLE_DEVICES": UUIDS[0]})
-    proc.add(31, 7, ["VLLM::Worker_TP1"], {"NVIDIA_VISIBLE_DEVICES": f"{UUIDS[0]},{UUIDS[1]}",
-                                           "CUDA_VISIBLE_DEVICES": UUIDS[1]})
+    proc.add(
+        30,
+        7,
+        ["VLLM::Worker_TP0"],
+        {"NVIDIA_VISIBLE_DEVICES": f"{UUIDS[0]},{UUIDS[1]}", "CUDA_VISIBLE_DEVICES": UUIDS[0]},
+    )
+    proc.add(
+        31,
+        7,
+        ["VLLM::Worker_TP1"],
+        {"NVIDIA_VISIBLE_DEVICES": f"{UUIDS[0]},{UUIDS[1]}", "CUDA_VISIBLE_DEVICES": UUIDS[1]},
+    )
     selection, _ = resolve(proc.tree())
     assert selection.gpus == (UUIDS[0], UUIDS[1]) and "pid 7" in selection.detail
 
@@ -264,7 +278,9 @@ def test_two_vllm_servers_with_different_gpus_are_ambiguous(proc):
     proc.add(9, 0, ["vllm", "serve", "other"], {"NVIDIA_VISIBLE_DEVICES": UUIDS[3]})
     selection, _ = resolve(proc.tree())
     assert (selection.gpus, selection.origin) == (None, ORIGIN_ALL_VISIBLE)
-    assert "several vLLM servers" in selection.warning and UUIDS[0] in selection.warning and UUIDS[3] in selection.warning
+    assert (
+        "several vLLM servers" in selection.warning and UUIDS[0] in selection.warning and UUIDS[3] in selection.warning
+    )
 
 
 def test_two_vllm_processes_that_agree_are_one_answer(proc):
@@ -282,16 +298,26 @@ def test_the_exporter_never_reads_itself(proc):
 
 
 def test_volume_mounts_strategy_lists_the_vllm_containers_devices(proc):
-    proc.add(7, 0, VLLM_ARGV, {"NVIDIA_VISIBLE_DEVICES": "/var/run/nvidia-container-devices"},
-             root_files=[f"/var/run/nvidia-container-devices/{UUIDS[3]}", f"/var/run/nvidia-container-devices/{UUIDS[1]}"])
+    proc.add(
+        7,
+        0,
+        VLLM_ARGV,
+        {"NVIDIA_VISIBLE_DEVICES": "/var/run/nvidia-container-devices"},
+        root_files=[f"/var/run/nvidia-container-devices/{UUIDS[3]}", f"/var/run/nvidia-container-devices/{UUIDS[1]}"],
+    )
     selection, _ = resolve(proc.tree())
     assert (selection.gpus, selection.origin) == ((UUIDS[1], UUIDS[3]), ORIGIN_VLLM_PROCESS)
     assert "holding" in selection.detail
 
 
 def test_volume_mounts_strategy_denied(proc):
-    proc.add(7, 0, VLLM_ARGV, {"NVIDIA_VISIBLE_DEVICES": "/var/run/nvidia-container-devices"},
-             root_files=[f"/var/run/nvidia-container-devices/{UUIDS[3]}"])
+    proc.add(
+        7,
+        0,
+        VLLM_ARGV,
+        {"NVIDIA_VISIBLE_DEVICES": "/var/run/nvidia-container-devices"},
+        root_files=[f"/var/run/nvidia-container-devices/{UUIDS[3]}"],
+    )
     tree = proc.tree()
     tree.list_in_root = lambda pid, path: (_ for _ in ()).throw(PermissionError(errno.EACCES, "Permission denied"))
     selection, _ = resolve(tree)
@@ -334,7 +360,11 @@ def test_environments_that_name_no_gpu(env, problem):
 def test_a_vllm_without_gpu_variables_falls_back_with_the_reason(proc):
     proc.add(7, 0, VLLM_ARGV, {"PATH": "/usr/bin"})
     selection, _ = resolve(proc.tree())
-    assert selection.origin == ORIGIN_ALL_VISIBLE and "does not narrow" in selection.warning and "pid 7" in selection.warning
+    assert (
+        selection.origin == ORIGIN_ALL_VISIBLE
+        and "does not narrow" in selection.warning
+        and "pid 7" in selection.warning
+    )
 
 
 # -- the real /proc ----------------------------------------------------------------------------
@@ -343,15 +373,26 @@ def test_a_vllm_without_gpu_variables_falls_back_with_the_reason(proc):
 def test_reads_a_real_process_through_the_real_proc():
     env = {"PATH": os.environ.get("PATH", "/usr/bin"), "NVIDIA_VISIBLE_DEVICES": UUIDS[2], "CUDA_VISIBLE_DEVICES": ""}
     # argv[0] "vllm", run by this Python, alive until its stdin closes.
-    child = subprocess.Popen(["vllm", "-c", "import sys; sys.stdin.read()", "serve"], executable=sys.executable, env=env,
-                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        ["vllm", "-c", "import sys; sys.stdin.read()", "serve"],
+        executable=sys.executable,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         tree = ProcTree()
         deadline = time.monotonic() + 5
         while (info := tree.process(child.pid)) is None or info.argv[0] != "vllm":
             assert time.monotonic() < deadline, "the child never appeared in /proc"
             time.sleep(0.01)
-        assert info.argv[0] == "vllm" and info.argv[-1] == "serve" and info.ppid == os.getpid() and looks_like_vllm(info.argv)
+        assert (
+            info.argv[0] == "vllm"
+            and info.argv[-1] == "serve"
+            and info.ppid == os.getpid()
+            and looks_like_vllm(info.argv)
+        )
         assert tree.environ(child.pid)["NVIDIA_VISIBLE_DEVICES"] == UUIDS[2]
         assert tree.uid(child.pid) == os.geteuid()
         assert child.pid in tree.pids()
@@ -384,8 +425,9 @@ def test_nvml_measures_only_the_discovered_gpus(proc):
     proc.add(7, 0, VLLM_ARGV, {"NVIDIA_VISIBLE_DEVICES": f"{UUIDS[3]},{UUIDS[1]}"})
     fake, clock = nvml()
     log = Log()
-    setup = open_energy_source(Settings(), fake, clock, log, environ={"NVIDIA_VISIBLE_DEVICES": "all"},
-                               proc=proc.tree())
+    setup = open_energy_source(
+        Settings(), fake, clock, log, environ={"NVIDIA_VISIBLE_DEVICES": "all"}, proc=proc.tree()
+    )
     try:
         assert setup.mode == "nvml" and setup.gpu_count == 2
         assert [(i, uuid) for i, uuid, _ in setup.source.gpus] == [(3, UUIDS[3]), (1, UUIDS[1])]
@@ -400,8 +442,9 @@ def test_nvml_measures_only_the_discovered_gpus(proc):
 def test_nvml_without_vllm_measures_every_gpu_and_warns(proc):
     fake, clock = nvml()
     log = Log()
-    setup = open_energy_source(Settings(), fake, clock, log, environ={"NVIDIA_VISIBLE_DEVICES": "all"},
-                               proc=proc.tree())
+    setup = open_energy_source(
+        Settings(), fake, clock, log, environ={"NVIDIA_VISIBLE_DEVICES": "all"}, proc=proc.tree()
+    )
     setup.source.close()
     assert setup.gpu_count == 4 and setup.gpu_selection.origin == ORIGIN_ALL_VISIBLE
     warnings = [(e, f) for level, e, f in log.events if level == "warning"]
@@ -414,8 +457,9 @@ def test_without_a_driver_the_phase_model_counts_the_discovered_gpus(proc):
     # start, yet vLLM's environment still says how many GPUs to model.
     proc.add(7, 0, VLLM_ARGV, {"NVIDIA_VISIBLE_DEVICES": f"{UUIDS[0]},{UUIDS[2]}"})
     fake = FakeNvml(init_error=NVMLError_DriverNotLoaded, clock=FakeClock())
-    setup = open_energy_source(Settings(gpu_type="H100"), fake, FakeClock(), environ={"NVIDIA_VISIBLE_DEVICES": "all"},
-                               proc=proc.tree())
+    setup = open_energy_source(
+        Settings(gpu_type="H100"), fake, FakeClock(), environ={"NVIDIA_VISIBLE_DEVICES": "all"}, proc=proc.tree()
+    )
     assert (setup.mode, setup.gpu_count) == ("phase-model", 2)
     assert [g[:2] for g in setup.source.gpus] == [(0, UUIDS[0]), (1, UUIDS[2])]
     assert setup.gpu_selection.origin == ORIGIN_VLLM_PROCESS
@@ -423,8 +467,13 @@ def test_without_a_driver_the_phase_model_counts_the_discovered_gpus(proc):
 
 def test_the_declared_phase_model_counts_the_discovered_gpus(proc):
     proc.add(7, 0, VLLM_ARGV, {"NVIDIA_VISIBLE_DEVICES": "all", "CUDA_VISIBLE_DEVICES": "0,1,2"})
-    setup = open_energy_source(Settings(energy_source="phase-model", gpu_type="L4"), None, FakeClock(),
-                               environ={"NVIDIA_VISIBLE_DEVICES": "all"}, proc=proc.tree())
+    setup = open_energy_source(
+        Settings(energy_source="phase-model", gpu_type="L4"),
+        None,
+        FakeClock(),
+        environ={"NVIDIA_VISIBLE_DEVICES": "all"},
+        proc=proc.tree(),
+    )
     assert (setup.mode, setup.gpu_count) == ("phase-model", 3)
     assert [g[0] for g in setup.source.gpus] == [0, 1, 2]
 

@@ -24,8 +24,18 @@ UUID2 = "GPU-cccccccc-2222-2222-2222-222222222222"
 
 def two_gpus(clock: FakeClock, **second: object) -> FakeNvml:
     gpus = [
-        FakeGpu(name="NVIDIA H100 80GB HBM3", uuid=UUID0, energy_mj=lambda t: 5_000_000 + 400_000 * (t - 1000), power_mw=400_000),
-        FakeGpu(name="NVIDIA H100 80GB HBM3", uuid=UUID1, energy_mj=lambda t: 9_000_000 + 100_000 * (t - 1000), power_mw=100_000),
+        FakeGpu(
+            name="NVIDIA H100 80GB HBM3",
+            uuid=UUID0,
+            energy_mj=lambda t: 5_000_000 + 400_000 * (t - 1000),
+            power_mw=400_000,
+        ),
+        FakeGpu(
+            name="NVIDIA H100 80GB HBM3",
+            uuid=UUID1,
+            energy_mj=lambda t: 9_000_000 + 100_000 * (t - 1000),
+            power_mw=100_000,
+        ),
     ]
     for key, value in second.items():
         setattr(gpus[1], key, value)
@@ -118,7 +128,9 @@ def test_a_probe_failure_other_than_not_supported_also_selects_power_integration
 
 def test_one_gpu_failing_does_not_stop_the_other(clock):
     # Call 1 is the probe at start-up; call 2 is the first read.
-    nvml = two_gpus(clock, fail_on={"nvmlDeviceGetTotalEnergyConsumption": {2: NVMLError_GpuIsLost, 3: NVMLError_Unknown}})
+    nvml = two_gpus(
+        clock, fail_on={"nvmlDeviceGetTotalEnergyConsumption": {2: NVMLError_GpuIsLost, 3: NVMLError_Unknown}}
+    )
     source = NvmlEnergySource(nvml, None, 20.0, clock)
     lost, unknown, fine = source.read(), source.read(), source.read()
     source.close()
@@ -258,7 +270,7 @@ def test_the_fake_mirrors_the_real_module():
         if name.startswith("nvml"):
             real = getattr(pynvml, name)
             assert list(inspect.signature(member).parameters) == list(inspect.signature(real).parameters), name
-        elif name.startswith("NVMLError") or name.startswith("NVML_"):
+        elif name.startswith(("NVMLError", "NVML_")):
             assert member is getattr(pynvml, name), name
 
 

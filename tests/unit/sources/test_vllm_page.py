@@ -13,7 +13,12 @@ def test_real_vllm_032_page():
     assert snap.timestamp == 12.5 and snap.missing_families == frozenset()
     (e,) = snap.engines
     assert (e.model_name, e.engine) == ("tiny-llama", "0")
-    assert (e.prompt_tokens, e.generation_tokens, e.cached_prompt_tokens, e.computed_prompt_tokens) == (2557, 1576, 1280, 1277)
+    assert (e.prompt_tokens, e.generation_tokens, e.cached_prompt_tokens, e.computed_prompt_tokens) == (
+        2557,
+        1576,
+        1280,
+        1277,
+    )
     assert (e.steps, e.step_tokens) == (1068, 2853)
     assert e.created == pytest.approx(1.7954355204573598e9)
     assert e.kv_cache_capacity_tokens == 524288
@@ -72,8 +77,16 @@ def test_timestamps_escapes_and_odd_spacing():
     assert e.model_name == 'a "q" b' and e.prompt_tokens == 12
 
 
-@pytest.mark.parametrize("text", ["", "<html>502 Bad Gateway</html>", "vllm:prompt_tokens_total{model_name=\"x\"} not-a-number\n",
-                                  "\x00\x01garbage", "vllm:prompt_tokens_total"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "<html>502 Bad Gateway</html>",
+        'vllm:prompt_tokens_total{model_name="x"} not-a-number\n',
+        "\x00\x01garbage",
+        "vllm:prompt_tokens_total",
+    ],
+)
 def test_garbage_is_a_typed_parse_error(text):
     with pytest.raises(SourceError) as err:
         parse(text, 0)

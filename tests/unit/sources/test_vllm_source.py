@@ -1,3 +1,4 @@
+import contextlib
 import socket
 import threading
 import time
@@ -27,10 +28,9 @@ def server():
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):
-            try:
+            # The client may give up on purpose (size cap, timeout).
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 self._answer()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up on purpose (size cap, timeout)
 
         def _answer(self):
             time.sleep(behaviour.delay)
@@ -40,7 +40,7 @@ def server():
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 for start in range(0, len(behaviour.body), 65536):
-                    chunk = behaviour.body[start:start + 65536]
+                    chunk = behaviour.body[start : start + 65536]
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 self.wfile.write(b"0\r\n\r\n")
             else:
