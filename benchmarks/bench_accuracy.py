@@ -17,7 +17,7 @@ import argparse
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from exporter.evaluation import evaluate, fmt
+from benchmarks.evaluation import evaluate, fmt
 from exporter.sim import LLAMA_2_70B, LLAMA_3_8B, SCENARIOS, Faults
 
 INTERVALS = (1.0, 5.0, 15.0)

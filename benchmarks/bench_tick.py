@@ -14,10 +14,10 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import make_attributor
+from exporter.attribution.gpu_table import GPU_TABLE
+from exporter.attribution.model_spec import ModelSpec
+from exporter.attribution.readings import EnergySnapshot, GpuReading
 from exporter.config import Settings
-from exporter.gpu_table import GPU_TABLE
-from exporter.model_spec import ModelSpec
-from exporter.sources.snapshots import EnergySnapshot, GpuReading
 from exporter.sources.vllm_page import parse
 
 PAGE = (Path(__file__).parents[1] / "tests" / "fixtures" / "vllm-0.32-cpu-metrics.txt").read_text()

@@ -22,9 +22,9 @@ from __future__ import annotations
 import argparse
 import math
 
+from benchmarks.evaluation import evaluate, fmt
 from exporter.attribution.estimator import DRIVERS
 from exporter.config import Settings
-from exporter.evaluation import evaluate, fmt
 from exporter.sim import LLAMA_3_8B, SCENARIOS, Simulation
 from exporter.sim.hardware import TRUTHS
 

@@ -1,29 +1,32 @@
-"""Wiring: settings -> sources, core, ledger, collector, HTTP server and the loop."""
+"""Wiring: settings -> sources, core, ledger, collector, HTTP server and the loop. The only module
+that knows the settings and every layer; each layer it builds takes plain values."""
 
 from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from structlog.typing import FilteringBoundLogger
 
 from exporter import __version__
 from exporter import log as logging_setup
 from exporter.attribution.attributor import Attributor, Policy
 from exporter.attribution.estimator import EstimatorSettings, MarginalCostEstimator
+from exporter.attribution.gpu_table import GpuSpec
 from exporter.attribution.idle import IdlePowerEstimator
-from exporter.attribution.prior import roofline_prior
+from exporter.attribution.model_spec import ModelSpec
+from exporter.attribution.pricing import Prices
+from exporter.attribution.prior import Prior, roofline_prior
 from exporter.collector import LedgerCollector
 from exporter.config import Estimator, Settings, StaticPowerPolicy, StepCostPolicy, env_name, flag_name
-from exporter.gpu_table import GpuSpec
 from exporter.ledger import Ledger
 from exporter.loop import CollectionLoop
-from exporter.model_spec import ModelSpec
-from exporter.model_spec import resolve as resolve_model
-from exporter.pricing import Prices
 from exporter.server import HttpServer, MetricsCache, Routes
 from exporter.sources.energy import EnergySetup, EnergySourceError, open_energy_source
+from exporter.sources.model_config import resolve_model
 from exporter.sources.vllm import VllmSource
 
 EXPLICIT_WEIGHTS = (
@@ -43,8 +46,8 @@ class StartupError(Exception):
 class App:
     loop: CollectionLoop
     server: HttpServer
-    closers: list
-    log: object
+    closers: list[Callable[[], None]]
+    log: FilteringBoundLogger
     ledger: Ledger
     attributor: Attributor
 
@@ -66,9 +69,36 @@ def _explicit_weights(settings: Settings) -> dict[str, float | None]:
     return {name: getattr(settings, name) for name in EXPLICIT_WEIGHTS}
 
 
-def make_attributor(settings: Settings, gpu: GpuSpec, gpu_count: int, model: ModelSpec, log=None) -> Attributor:
+def _prices(settings: Settings, log: FilteringBoundLogger | None) -> Prices:
+    electricity = settings.electricity_price_per_kwh if settings.electricity_billing == "counted" else 0.0
+    if settings.electricity_billing == "excluded" and log is not None:
+        log.warning(
+            "electricity_not_counted",
+            reason="a GPU rental price is set and usually includes power; "
+            "set --electricity-with-rental true to add electricity on top",
+        )
+    return Prices(settings.gpu_hourly_price, electricity, settings.pue, settings.grid_carbon_intensity)
+
+
+def _estimator(settings: Settings, prior: Prior) -> MarginalCostEstimator | None:
+    if settings.estimator is not Estimator.FITTED:
+        return None
+    return MarginalCostEstimator(
+        prior.energy,
+        EstimatorSettings(
+            window_seconds=settings.fit_window_seconds,
+            reversion_seconds=settings.prior_reversion_seconds,
+            measurement_noise=settings.measurement_noise,
+            prior_relative_stddev=settings.prior_relative_stddev,
+            identified_ratio=settings.identified_ratio,
+        ),
+    )
+
+
+def make_attributor(
+    settings: Settings, gpu: GpuSpec, gpu_count: int, model: ModelSpec, log: FilteringBoundLogger | None = None
+) -> Attributor:
     """The core as the settings declare it: roofline prior, idle estimate, prices, policies, estimator."""
-    explicit = _explicit_weights(settings)
     prior = roofline_prior(
         gpu,
         gpu_count,
@@ -80,30 +110,8 @@ def make_attributor(settings: Settings, gpu: GpuSpec, gpu_count: int, model: Mod
         idle_watts=settings.idle_watts,
         prefill_watts=settings.prefill_watts,
         decode_watts=settings.decode_watts,
-        explicit=explicit,
+        explicit=_explicit_weights(settings),
     )
-    idle_watts = (settings.idle_watts or gpu.idle_watts) * gpu_count
-    limit_watts = max(settings.prefill_watts or 0.0, gpu.board_limit_watts) * gpu_count
-    electricity = settings.electricity_price_per_kwh if settings.electricity_billing == "counted" else 0.0
-    if settings.electricity_billing == "excluded" and log is not None:
-        log.warning(
-            "electricity_not_counted",
-            reason="a GPU rental price is set and usually includes power; "
-            "set --electricity-with-rental true to add electricity on top",
-        )
-    prices = Prices(settings.gpu_hourly_price, electricity, settings.pue, settings.grid_carbon_intensity)
-    estimator = None
-    if settings.estimator is Estimator.FITTED:
-        estimator = MarginalCostEstimator(
-            prior.energy,
-            EstimatorSettings(
-                window_seconds=settings.fit_window_seconds,
-                reversion_seconds=settings.prior_reversion_seconds,
-                measurement_noise=settings.measurement_noise,
-                prior_relative_stddev=settings.prior_relative_stddev,
-                identified_ratio=settings.identified_ratio,
-            ),
-        )
     if log is not None:
         log.info(
             "attribution_prior",
@@ -117,44 +125,29 @@ def make_attributor(settings: Settings, gpu: GpuSpec, gpu_count: int, model: Mod
         )
     return Attributor(
         prior,
-        IdlePowerEstimator(idle_watts, settings.idle_window, settings.idle_min_samples),
-        prices,
+        IdlePowerEstimator(
+            (settings.idle_watts or gpu.idle_watts) * gpu_count, settings.idle_window, settings.idle_min_samples
+        ),
+        _prices(settings, log),
         gpu_count,
         Policy(
             static_by_occupancy=settings.static_power_policy is StaticPowerPolicy.OCCUPANCY,
             step_on_output=settings.step_cost_policy is StepCostPolicy.OUTPUT,
         ),
-        limit_watts_total=limit_watts,
-        estimator=estimator,
+        limit_watts_total=max(settings.prefill_watts or 0.0, gpu.board_limit_watts) * gpu_count,
+        estimator=_estimator(settings, prior),
     )
 
 
-def build(
-    settings: Settings,
-    energy: EnergySetup | None = None,
-    model: ModelSpec | None = None,
-    energy_label: str | None = None,
-) -> App:
-    """`energy` and `model` replace what the settings would open (the simulator passes its own)."""
-    logging_setup.configure(settings.log_format.value, settings.log_level)
-    log = logging_setup.get_logger()
-    if energy is None:
-        try:
-            energy = open_energy_source(settings, log=log)
-        except EnergySourceError as err:
-            raise StartupError(str(err)) from None
-    if energy.fallback_reason:
-        log.warning("energy_source_fallback", mode=energy.mode, reason=energy.fallback_reason)
-
-    if model is None:
-        model = resolve_model(settings.model_dir, settings.model_params, settings.bytes_per_param)
-    attributor = make_attributor(settings, energy.gpu_spec, energy.gpu_count, model, log)
-    build_labels = {
+def build_labels(settings: Settings, energy: EnergySetup, model: ModelSpec) -> dict[str, str]:
+    """build_info's labels: what this exporter runs with."""
+    explicit = any(v is not None for v in _explicit_weights(settings).values())
+    return {
         "version": __version__,
         "energy_source": energy.mode,
         "gpu_type": energy.gpu_spec.key,
         "model_spec": model.source,
-        "prior": "explicit" if any(v is not None for v in _explicit_weights(settings).values()) else "roofline",
+        "prior": "explicit" if explicit else "roofline",
         "estimator": settings.estimator.value,
         "electricity": settings.electricity_billing,
         "static_power_policy": settings.static_power_policy.value,
@@ -162,25 +155,46 @@ def build(
         "currency": settings.currency,
         "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
     }
-    ledger = Ledger()
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(LedgerCollector(ledger, build_labels, attributor.prices))
-    for collector in (ProcessCollector, PlatformCollector, GCCollector):
-        collector(registry=registry)
 
-    host, port = settings.listen_host_port
-    routes = Routes(MetricsCache(registry, ledger), ledger, settings.vllm_url, energy.mode)
+
+def _open_energy(settings: Settings, log: FilteringBoundLogger) -> EnergySetup:
     try:
-        server = HttpServer(host, port, routes)
+        energy = open_energy_source(settings.energy_options, log=log)
+    except EnergySourceError as err:
+        raise StartupError(str(err)) from None
+    if energy.fallback_reason:
+        log.warning("energy_source_fallback", mode=energy.mode, reason=energy.fallback_reason)
+    return energy
+
+
+def _listen(settings: Settings, routes: Routes) -> HttpServer:
+    host, port = settings.listen_host_port
+    try:
+        return HttpServer(host, port, routes)
     except OSError as err:
         raise StartupError(
             f"setting listen_address ({flag_name('listen_address')} / {env_name('listen_address')}): "
             f"cannot listen on {settings.listen_address}: {err.strerror or err}"
         ) from None
 
+
+def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpec | None = None) -> App:
+    """`energy` and `model` replace what the settings would open (the simulator passes its own)."""
+    logging_setup.configure(settings.log_format.value, settings.log_level)
+    log = logging_setup.get_logger()
+    energy = energy or _open_energy(settings, log)
+    model = model or resolve_model(settings.model_dir, settings.model_params, settings.bytes_per_param)
+    attributor = make_attributor(settings, energy.gpu_spec, energy.gpu_count, model, log)
+
+    ledger = Ledger()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LedgerCollector(ledger, build_labels(settings, energy, model), attributor.prices))
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):
+        collector(registry=registry)
+    server = _listen(settings, Routes(MetricsCache(registry, ledger), ledger, settings.vllm_url, energy.mode))
+
     vllm = VllmSource(
         settings.vllm_url, settings.vllm_metrics_path, settings.effective_vllm_timeout, settings.vllm_max_response_bytes
     )
     loop = CollectionLoop(vllm, energy.source, attributor, ledger, log, settings.interval)
-    closers = [vllm.close] + ([energy.source.close] if hasattr(energy.source, "close") else [])
-    return App(loop, server, closers, log, ledger, attributor)
+    return App(loop, server, [vllm.close, energy.source.close], log, ledger, attributor)

@@ -11,16 +11,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from exporter.attribution.gpu_table import GPU_TABLE, lookup
+from exporter.sources.energy import EnergyMode, EnergyOptions
+from exporter.sources.gpu_discovery import parse_gpu_list
 
 ENV_PREFIX = "TOKEN_ECONOMY_"
 CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
-
-
-class EnergySource(StrEnum):
-    AUTO = "auto"
-    NVML = "nvml"
-    PHASE_MODEL = "phase-model"
 
 
 class StaticPowerPolicy(StrEnum):
@@ -61,7 +60,7 @@ class Settings(BaseSettings):
         description="Comma-separated GPU indices or UUIDs; default CUDA_VISIBLE_DEVICES, "
         "then NVIDIA_VISIBLE_DEVICES, else all GPUs.",
     )
-    energy_source: EnergySource = Field(EnergySource.AUTO, description="auto, nvml or phase-model.")
+    energy_source: EnergyMode = Field(EnergyMode.AUTO, description="auto, nvml or phase-model.")
     power_sample_hz: float = Field(
         20.0, ge=10, le=1000, description="Power sampling rate where a GPU lacks the energy counter."
     )
@@ -193,20 +192,28 @@ class Settings(BaseSettings):
     @field_validator("gpu_type")
     @classmethod
     def _gpu_type(cls, value: str | None) -> str | None:
-        from exporter.gpu_table import lookup
-
         if value is not None and lookup(value) is None:
-            from exporter.gpu_table import GPU_TABLE
-
             raise ValueError(f"unknown GPU; known: {', '.join(sorted(GPU_TABLE))}")
         return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        problems = []
         if self.vllm_timeout is not None and self.vllm_timeout >= self.interval:
-            raise ValueError("vllm_timeout must be shorter than interval")
+            problems.append(
+                ("vllm_timeout", f"must be shorter than interval ({flag_name('interval')}, now {self.interval:g} s)")
+            )
         if self.model_dir is not None and not (self.model_dir / "config.json").is_file():
-            raise ValueError(f"model_dir: no config.json in {self.model_dir}")
+            problems.append(("model_dir", f"no config.json in {self.model_dir}"))
+        if problems:
+            # Raised against the fields themselves, so the message names each setting's flag.
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(type=PydanticCustomError("inconsistent", message), loc=(field,), input=None)
+                    for field, message in problems
+                ],
+            )
         return self
 
     @property
@@ -227,13 +234,14 @@ class Settings(BaseSettings):
         return parse_listen_address(self.listen_address)
 
     @property
-    def gpu_selection(self) -> tuple[str, ...] | None:
-        """The GPUs asked for, explicitly or through this process's CUDA/NVIDIA variables; None:
-        all. The energy source refines this with the vLLM process's own variables
-        (exporter.sources.gpu_discovery), which this property does not read."""
-        from exporter.sources.gpu_discovery import resolve_gpu_selection
-
-        return resolve_gpu_selection(self.gpus, os.environ, lambda: None, discover=False).gpus
+    def energy_options(self) -> EnergyOptions:
+        return EnergyOptions(
+            energy_source=self.energy_source,
+            gpus=self.gpus,
+            gpu_type=self.gpu_type,
+            gpu_count=self.gpu_count,
+            power_sample_hz=self.power_sample_hz,
+        )
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
@@ -242,16 +250,6 @@ def parse_listen_address(value: str) -> tuple[str, int]:
         raise ValueError("must be host:port with a port from 0 (any free port) to 65535, e.g. 0.0.0.0:9477")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
-
-
-def parse_gpu_list(value: str) -> tuple[str, ...]:
-    items = tuple(item.strip() for item in value.split(",") if item.strip())
-    if not items:
-        raise ValueError("must list at least one GPU index or UUID")
-    for item in items:
-        if not (item.isdigit() or re.fullmatch(r"(GPU|MIG)-[0-9A-Za-z/-]+", item)):
-            raise ValueError(f"{item!r} is neither a GPU index nor a GPU-/MIG- UUID")
-    return items
 
 
 def flag_name(field: str) -> str:

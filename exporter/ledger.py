@@ -1,14 +1,22 @@
-"""Monotonic totals and latest gauges, behind one lock. The loop writes once per tick; the
-collector takes a consistent copy at scrape time, so a scrape never sees half a tick."""
+"""The exporter's totals as one immutable view, replaced once per tick.
+
+The loop is the only writer: once per tick it publishes a `TickRecord` (what the sources did and
+what the core made of it), and the ledger swaps in a new view built from the old one and the
+record. A scrape takes whichever view is current without a lock, so it never sees `source_up` of
+one tick beside the energy of another."""
 
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from exporter.attribution.attributor import TickResult
-from exporter.attribution.split import IDLE
+from exporter.attribution.pricing import CostKey
+from exporter.attribution.readings import GpuIdentity
+from exporter.attribution.split import ClassKey
+from exporter.attribution.token_class import IDLE
 
 KNOWN_ERRORS = (
     ("vllm", "connection"),
@@ -20,124 +28,155 @@ KNOWN_ERRORS = (
     ("energy", "internal"),
     ("exporter", "internal"),
 )
+SOURCES = ("vllm", "energy")
+
+K = TypeVar("K")
 
 
-def _add(target: dict, increments: dict) -> None:
-    for key, value in increments.items():
-        if value:
-            target[key] += value
-        elif key not in target:
-            target[key] = 0.0
+@dataclass(frozen=True, slots=True)
+class SourceRead:
+    """One read of one source in a tick."""
+
+    ok: bool
+    seconds: float
+    errors: tuple[str, ...] = ()  # causes counted in source_errors_total
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
+class TickRecord:
+    """Everything one tick changes, published at once."""
+
+    reads: Mapping[str, SourceRead]  # by source
+    result: TickResult | None  # None: the core failed, and only the reads and errors count
+    errors: tuple[tuple[str, str], ...] = ()  # (source, reason) counted besides the reads' own
+    seconds: float = 0.0  # time the tick took
+    unixtime: float = 0.0
+    ready: bool = False  # both sources answered in this tick
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerView:
-    tokens: dict = field(default_factory=lambda: defaultdict(float))
-    steps: dict = field(default_factory=lambda: defaultdict(float))
-    energy: dict = field(default_factory=lambda: defaultdict(float))
-    busy_seconds: dict = field(default_factory=lambda: defaultdict(float))
+    """Monotonic totals and latest gauges as of one tick. Never changed once published."""
+
+    version: int = 0  # changes with every publication: what a cached exposition is keyed on
+    tokens: Mapping[ClassKey, float] = field(default_factory=dict)
+    steps: Mapping[str, float] = field(default_factory=dict)
+    energy: Mapping[ClassKey, float] = field(default_factory=dict)
+    busy_seconds: Mapping[str, float] = field(default_factory=dict)
     attributed_seconds: float = 0.0
-    gpu_energy: dict = field(default_factory=lambda: defaultdict(float))
-    gpu_power: dict = field(default_factory=dict)
-    cost: dict = field(default_factory=lambda: defaultdict(float))
-    emissions: dict = field(default_factory=lambda: defaultdict(float))
-    marginal: dict = field(default_factory=dict)
+    gpu_energy: Mapping[GpuIdentity, float] = field(default_factory=dict)
+    gpu_power: Mapping[GpuIdentity, float] = field(default_factory=dict)
+    cost: Mapping[CostKey, float] = field(default_factory=dict)
+    emissions: Mapping[ClassKey, float] = field(default_factory=dict)
+    marginal: Mapping[ClassKey, tuple[float, float]] = field(default_factory=dict)
+    coefficients: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     idle_watts: float = 0.0
     idle_measured: bool = False
     identified: bool = False
     residual_ratio: float | None = None
     fits: float = 0.0
-    coefficients: dict = field(default_factory=dict)
-    models: tuple = ()
-    source_up: dict = field(default_factory=dict)
-    source_errors: dict = field(default_factory=lambda: defaultdict(float))
-    resets: dict = field(default_factory=lambda: defaultdict(float))
-    read_seconds: dict = field(default_factory=lambda: defaultdict(float))
-    reads: dict = field(default_factory=lambda: defaultdict(float))
+    models: tuple[str, ...] = ()
+    source_up: Mapping[str, float] = field(default_factory=dict)
+    source_errors: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    resets: Mapping[str, float] = field(default_factory=dict)
+    reads: Mapping[str, float] = field(default_factory=dict)
+    read_seconds: Mapping[str, float] = field(default_factory=dict)
     ticks: float = 0.0
     tick_seconds: float = 0.0
     last_tick_unixtime: float = 0.0
     ready: bool = False
 
-    def copy(self) -> LedgerView:
-        clone = LedgerView()
-        for name in self.__slots__:
-            value = getattr(self, name)
-            setattr(clone, name, value.copy() if isinstance(value, dict) else value)
-        return clone
+    @classmethod
+    def initial(cls, sources: Iterable[str] = SOURCES) -> LedgerView:
+        # Known causes start at zero, so rate() and dashboards see a series before the first failure.
+        return cls(
+            source_up=dict.fromkeys(sources, 0.0),
+            resets=dict.fromkeys(sources, 0.0),
+            source_errors=dict.fromkeys(KNOWN_ERRORS, 0.0),
+        )
+
+    def after(self, record: TickRecord) -> LedgerView:
+        """The view that this record makes of this one."""
+        source_errors = dict(self.source_errors)
+        for source, read in record.reads.items():
+            for reason in read.errors:
+                source_errors[(source, reason)] = source_errors.get((source, reason), 0.0) + 1
+        for key in record.errors:
+            source_errors[key] = source_errors.get(key, 0.0) + 1
+        view = replace(
+            self,
+            version=self.version + 1,
+            source_up={**self.source_up, **{s: 1.0 if r.ok else 0.0 for s, r in record.reads.items()}},
+            reads=_added(self.reads, dict.fromkeys(record.reads, 1.0)),
+            read_seconds=_added(self.read_seconds, {s: r.seconds for s, r in record.reads.items()}),
+            source_errors=source_errors,
+        )
+        if record.result is None:
+            return view
+        return replace(
+            view._with_result(record.result),
+            ticks=self.ticks + 1,
+            tick_seconds=self.tick_seconds + record.seconds,
+            last_tick_unixtime=record.unixtime,
+            ready=self.ready or record.ready,
+        )
+
+    def _with_result(self, result: TickResult) -> LedgerView:
+        allocation = result.allocation
+        busy = dict(self.busy_seconds)
+        if allocation is not None:
+            for (model, cls), share in allocation.time_share.items():
+                busy[model] = busy.get(model, 0.0) + (0.0 if cls == IDLE else share * result.seconds)
+        return replace(
+            self,
+            tokens=_added(self.tokens, result.tokens),
+            steps=_added(self.steps, result.steps),
+            energy=_added(self.energy, allocation.energy) if allocation is not None else self.energy,
+            busy_seconds=busy,
+            attributed_seconds=self.attributed_seconds + (result.seconds if allocation is not None else 0.0),
+            gpu_energy=_added(self.gpu_energy, result.gpu_energy),
+            gpu_power={**self.gpu_power, **result.gpu_power},
+            cost=_added(self.cost, result.costs),
+            emissions=_added(self.emissions, result.emissions),
+            marginal=dict(result.marginal),
+            coefficients=dict(result.coefficients),
+            identified=result.identified,
+            residual_ratio=result.residual_ratio,
+            fits=result.fits,
+            idle_watts=result.idle_watts,
+            idle_measured=result.idle_measured,
+            models=result.models,
+            resets=_added(self.resets, {"vllm": result.vllm_resets, "energy": result.energy_resets}),
+        )
+
+
+def _added(totals: Mapping[K, float], increments: Mapping[K, float]) -> dict[K, float]:
+    """Totals plus increments; a series first seen with a zero increment starts at zero."""
+    out = dict(totals)
+    for key, value in increments.items():
+        if value:
+            out[key] = out.get(key, 0.0) + value
+        elif key not in out:
+            out[key] = 0.0
+    return out
 
 
 class Ledger:
-    def __init__(self, sources: tuple[str, ...] = ("vllm", "energy")) -> None:
-        self._lock = threading.Lock()
-        self._view = LedgerView()
-        self._version = 0
-        for source in sources:
-            self._view.source_up[source] = 0.0
-            self._view.resets[source] = 0.0
-        # Known causes start at zero, so rate() and dashboards see a series before the first failure.
-        for source, reason in KNOWN_ERRORS:
-            self._view.source_errors[(source, reason)] = 0.0
+    def __init__(self, sources: Iterable[str] = SOURCES) -> None:
+        self._view = LedgerView.initial(sources)
+        self._publishing = threading.Lock()  # one writer is the design; the lock keeps a second honest
 
     @property
     def version(self) -> int:
-        """Changes with every write: what a cached exposition is keyed on."""
-        return self._version
+        return self._view.version
 
     @property
     def ready(self) -> bool:
         return self._view.ready
 
     def view(self) -> LedgerView:
-        with self._lock:
-            return self._view.copy()
+        return self._view
 
-    def apply(self, result: TickResult, *, idle_measured: bool) -> None:
-        with self._lock:
-            self._version += 1
-            v = self._view
-            _add(v.tokens, result.tokens)
-            _add(v.steps, result.steps)
-            if result.allocation is not None:
-                _add(v.energy, result.allocation.energy)
-                for (model, cls), share in result.allocation.time_share.items():
-                    v.busy_seconds[model] += 0.0 if cls == IDLE else share * result.seconds
-                v.attributed_seconds += result.seconds
-            _add(v.gpu_energy, result.gpu_energy)
-            v.gpu_power.update(result.gpu_power)
-            _add(v.cost, result.costs)
-            _add(v.emissions, result.emissions)
-            v.marginal = dict(result.marginal)
-            v.coefficients = dict(result.coefficients)
-            v.identified = result.identified
-            v.residual_ratio = result.residual_ratio
-            v.fits = result.fits
-            v.idle_watts = result.idle_watts
-            v.idle_measured = idle_measured
-            v.models = result.models
-            v.resets["vllm"] += result.vllm_resets
-            v.resets["energy"] += result.energy_resets
-
-    def record_read(self, source: str, ok: bool, seconds: float, reasons: tuple[str, ...] = ()) -> None:
-        with self._lock:
-            self._version += 1
-            v = self._view
-            v.source_up[source] = 1.0 if ok else 0.0
-            v.reads[source] += 1
-            v.read_seconds[source] += seconds
-            for reason in reasons:
-                v.source_errors[(source, reason)] += 1
-
-    def record_tick(self, seconds: float, unixtime: float, ready: bool) -> None:
-        with self._lock:
-            self._version += 1
-            v = self._view
-            v.ticks += 1
-            v.tick_seconds += seconds
-            v.last_tick_unixtime = unixtime
-            v.ready = v.ready or ready
-
-    def count_error(self, source: str, reason: str) -> None:
-        with self._lock:
-            self._version += 1
-            self._view.source_errors[(source, reason)] += 1
+    def publish(self, record: TickRecord) -> None:
+        with self._publishing:
+            self._view = self._view.after(record)

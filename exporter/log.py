@@ -43,10 +43,6 @@ class Episode:
         self._reason: str | None = None
         self._failures = 0
 
-    @property
-    def down(self) -> bool:
-        return self._reason is not None
-
     def failed(self, reason: str, detail: str = "") -> None:
         self._failures += 1
         if reason != self._reason:

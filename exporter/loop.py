@@ -1,37 +1,39 @@
 """The one loop that moves data: sources -> attribution core -> ledger, every interval.
 
-A failing source is counted and logged once per episode and never stops the loop; the core's
-timestamps come from the snapshots, so a late tick only makes a longer interval."""
+Each tick reads both sources, runs the core, and publishes one `TickRecord` to the ledger. A
+failing source is counted and logged once per episode and never stops the loop; the core's
+timestamps come from the readings, so a late tick only makes a longer interval."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from exporter.attribution.attributor import Attributor
-from exporter.ledger import Ledger
+from structlog.typing import FilteringBoundLogger
+
+from exporter.attribution.attributor import Attributor, TickResult
+from exporter.attribution.readings import EnergySnapshot, VllmSnapshot
+from exporter.ledger import Ledger, SourceRead, TickRecord
 from exporter.log import Episode
-from exporter.sources.snapshots import EnergySnapshot, SourceError, VllmSnapshot
+from exporter.sources.errors import SourceError
+
+T = TypeVar("T", covariant=True)
 
 
-class VllmReader(Protocol):
-    def read(self) -> VllmSnapshot: ...
-
-
-class EnergyReader(Protocol):
-    def read(self) -> EnergySnapshot: ...
+class Reader(Protocol[T]):
+    def read(self) -> T: ...
 
 
 class CollectionLoop:
     def __init__(
         self,
-        vllm: VllmReader,
-        energy: EnergyReader,
+        vllm: Reader[VllmSnapshot],
+        energy: Reader[EnergySnapshot],
         attributor: Attributor,
         ledger: Ledger,
-        log,
+        log: FilteringBoundLogger,
         interval: float,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -50,24 +52,28 @@ class CollectionLoop:
 
     def tick(self) -> None:
         started = self._clock()
-        vllm = self._read_vllm()
-        energy = self._read_energy()
+        vllm, vllm_read = self._read_vllm()
+        energy, energy_read = self._read_energy()
+        reads = {"vllm": vllm_read, "energy": energy_read}
         try:
             result = self._attributor.tick(vllm, energy)
         except Exception as err:  # a bug must cost one interval, not the process
-            self._ledger.count_error("exporter", "internal")
             self._episodes["exporter"].failed("internal", repr(err))
+            self._ledger.publish(TickRecord(reads, None, errors=(("exporter", "internal"),)))
             return
         self._episodes["exporter"].succeeded()
-        self._ledger.apply(result, idle_measured=self._attributor.idle.measured)
+        self._log_resets(result)
+        ready = vllm is not None and energy is not None
+        self._ledger.publish(TickRecord(reads, result, (), self._clock() - started, self._wall(), ready))
+
+    def _log_resets(self, result: TickResult) -> None:
         if result.vllm_resets:
             self._log.warning("counter_reset", source="vllm", engines=result.vllm_resets)
         if result.energy_resets:
             self._log.warning("counter_reset", source="energy", gpus=result.energy_resets)
-        self._ledger.record_tick(self._clock() - started, self._wall(), ready=vllm is not None and energy is not None)
 
-    def _read(self, name: str, source) -> tuple[object | None, float]:
-        """One read, timed; a failure is counted, logged once per episode, and returned as None."""
+    def _read(self, name: str, source: Reader[T]) -> tuple[T | None, SourceRead]:
+        """One read, timed; a failure is logged once per episode and returned as None."""
         started = self._clock()
         try:
             snapshot = source.read()
@@ -76,16 +82,14 @@ class CollectionLoop:
         except Exception as err:  # never let an unexpected library error escape the loop
             reason, detail = "internal", repr(err)
         else:
-            return snapshot, self._clock() - started
-        self._ledger.record_read(name, False, self._clock() - started, (reason,))
+            return snapshot, SourceRead(True, self._clock() - started)
         self._episodes[name].failed(reason, detail)
-        return None, 0.0
+        return None, SourceRead(False, self._clock() - started, (reason,))
 
-    def _read_vllm(self) -> VllmSnapshot | None:
-        snapshot, seconds = self._read("vllm", self._vllm)
+    def _read_vllm(self) -> tuple[VllmSnapshot | None, SourceRead]:
+        snapshot, read = self._read("vllm", self._vllm)
         if snapshot is None:
-            return None
-        self._ledger.record_read("vllm", True, seconds)
+            return None, read
         self._episodes["vllm"].succeeded()
         if snapshot.missing_families != self._missing_reported:
             if snapshot.missing_families:
@@ -95,12 +99,14 @@ class CollectionLoop:
                     effect="attribution degrades: absent counters are treated as unknown",
                 )
             self._missing_reported = snapshot.missing_families
-        return snapshot
+        return snapshot, read
 
-    def _read_energy(self) -> EnergySnapshot | None:
-        snapshot, seconds = self._read("energy", self._energy)
+    def _read_energy(self) -> tuple[EnergySnapshot | None, SourceRead]:
+        """A read in which some GPU failed is counted as failed (with each GPU's cause), but its
+        other GPUs' readings are still used."""
+        snapshot, read = self._read("energy", self._energy)
         if snapshot is None:
-            return None
+            return None, read
         reasons = tuple(gpu.error for gpu in snapshot.gpus if gpu.error)
         for gpu in snapshot.gpus:
             episode = self._gpu_episodes.setdefault(gpu.uuid, Episode(self._log.bind(gpu=gpu.index), "energy"))
@@ -108,10 +114,9 @@ class CollectionLoop:
                 episode.failed(gpu.error)
             else:
                 episode.succeeded()
-        self._ledger.record_read("energy", not reasons, seconds, reasons)
         if not reasons:
             self._episodes["energy"].succeeded()
-        return snapshot
+        return snapshot, SourceRead(not reasons, read.seconds, reasons)
 
     def run(self, stop: threading.Event) -> None:
         deadline = self._clock()

@@ -10,9 +10,9 @@ import threading
 import time
 from collections.abc import Sequence
 
-from exporter.attribution.split import CACHED_INPUT, IDLE, INPUT, OUTPUT
+from exporter.attribution.gpu_table import GPU_TABLE
+from exporter.attribution.token_class import CACHED_INPUT, IDLE, INPUT, OUTPUT
 from exporter.config import Settings, describe_errors
-from exporter.gpu_table import GPU_TABLE
 from exporter.sim import (
     COMPONENT,
     LLAMA_2_70B,

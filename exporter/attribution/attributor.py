@@ -1,22 +1,22 @@
-"""One tick of the core: two snapshots in, increments for the ledger out. Stateful (it holds
+"""One tick of the core: two readings in, increments for the ledger out. Stateful (it holds
 the last counter values, the idle-power samples and work still waiting for its energy) but
-pure: it never reads a clock or a device; the timestamps come inside the snapshots."""
+pure: it never reads a clock or a device; the timestamps come inside the readings."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from exporter.attribution.counters import CounterTracker
+from exporter.attribution.energy import IntervalEnergy, measured_interval
 from exporter.attribution.estimator import DRIVERS, MarginalCostEstimator
 from exporter.attribution.idle import IdlePowerEstimator
-from exporter.attribution.phase_model import modelled_energy
-from exporter.attribution.prior import Prior
-from exporter.attribution.split import CACHED_INPUT, INPUT, OUTPUT, Allocation, allocate
+from exporter.attribution.phase_model import modelled_interval
+from exporter.attribution.pricing import CostKey, Prices, costs, emissions
+from exporter.attribution.prior import Coefficients, Prior
+from exporter.attribution.readings import EnergySnapshot, GpuIdentity, VllmSnapshot
+from exporter.attribution.split import Allocation, ClassKey, allocate
+from exporter.attribution.token_class import CACHED_INPUT, INPUT, OUTPUT
 from exporter.attribution.work import Work, WorkMeter
-from exporter.pricing import Prices, costs, emissions
-from exporter.sources.snapshots import EnergySnapshot, VllmSnapshot
-
-GpuKey = tuple[str, str, str]  # (index, uuid, name): the labels of a GPU
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,20 +27,21 @@ class Policy:
 
 @dataclass(slots=True)
 class TickResult:
-    tokens: dict[tuple[str, str], float] = field(default_factory=dict)
+    tokens: dict[ClassKey, float] = field(default_factory=dict)
     steps: dict[str, float] = field(default_factory=dict)
     allocation: Allocation | None = None
     seconds: float = 0.0
     energy_joules: float = 0.0
-    costs: dict[tuple[str, str, str], float] = field(default_factory=dict)
-    emissions: dict[tuple[str, str], float] = field(default_factory=dict)
-    gpu_energy: dict[GpuKey, float] = field(default_factory=dict)
-    gpu_power: dict[GpuKey, float] = field(default_factory=dict)
+    costs: dict[CostKey, float] = field(default_factory=dict)
+    emissions: dict[ClassKey, float] = field(default_factory=dict)
+    gpu_energy: dict[GpuIdentity, float] = field(default_factory=dict)
+    gpu_power: dict[GpuIdentity, float] = field(default_factory=dict)
     vllm_resets: int = 0
     energy_resets: int = 0
     models: tuple[str, ...] = ()
     idle_watts: float = 0.0
-    marginal: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    idle_measured: bool = False  # the idle power comes from measured idle intervals, not the prior
+    marginal: dict[ClassKey, tuple[float, float]] = field(default_factory=dict)
     coefficients: dict[str, tuple[float, float]] = field(default_factory=dict)  # per driver: (J per unit, stddev)
     identified: bool = False
     residual_ratio: float | None = None
@@ -80,17 +81,7 @@ class Attributor:
     def tick(self, vllm: VllmSnapshot | None, energy: EnergySnapshot | None) -> TickResult:
         result = TickResult()
         if vllm is not None:
-            interval = self._work.update(vllm.engines)
-            result.vllm_resets = interval.resets
-            self._models = tuple(dict.fromkeys(e.model_name for e in vllm.engines)) or self._models
-            for model, work in interval.by_model.items():
-                self._pending.setdefault(model, Work()).add(work)
-                self._totals.setdefault(model, Work()).add(work)
-                result.tokens[(model, INPUT)] = work.input
-                result.tokens[(model, CACHED_INPUT)] = work.cached_input
-                result.tokens[(model, OUTPUT)] = work.output
-                result.steps[model] = work.steps
-            self._pending_idle = self._pending_idle and interval.idle
+            self._account_work(vllm, result)
         else:
             # Unknown activity: such an interval must not teach the idle estimate.
             self._pending_idle = False
@@ -99,6 +90,7 @@ class Attributor:
         if energy is not None:
             self._account_energy(energy, vllm is not None, result)
         result.idle_watts = self.idle.watts
+        result.idle_measured = self.idle.measured
         coefficients, stddevs = self._coefficients()
         result.marginal = self._marginal(coefficients, stddevs)
         result.coefficients = {name: (getattr(coefficients, name), getattr(stddevs, name)) for name in DRIVERS}
@@ -108,7 +100,20 @@ class Attributor:
             result.fits = self.estimator.updates
         return result
 
-    def _coefficients(self):
+    def _account_work(self, vllm: VllmSnapshot, result: TickResult) -> None:
+        interval = self._work.update(vllm.engines)
+        result.vllm_resets = interval.resets
+        self._models = tuple(dict.fromkeys(e.model_name for e in vllm.engines)) or self._models
+        for model, work in interval.by_model.items():
+            self._pending.setdefault(model, Work()).add(work)
+            self._totals.setdefault(model, Work()).add(work)
+            result.tokens[(model, INPUT)] = work.input
+            result.tokens[(model, CACHED_INPUT)] = work.cached_input
+            result.tokens[(model, OUTPUT)] = work.output
+            result.steps[model] = work.steps
+        self._pending_idle = self._pending_idle and interval.idle
+
+    def _coefficients(self) -> tuple[Coefficients, Coefficients]:
         if self.estimator is not None:
             return self.estimator.coefficients, self.estimator.stddevs
         return self.prior.energy, self.prior.energy.scaled(self.prior.relative_stddev)
@@ -125,54 +130,17 @@ class Attributor:
             return
         seconds = max(energy.timestamp - previous_time, 0.0)
         work = self._pending
-        idle_interval = self._pending_idle and vllm_known
-
-        complete = True
         if energy.modelled:
-            total = modelled_energy(seconds, work.values(), self.prior.energy, self.idle.watts, self.limit_watts_total)
-            count = max(len(energy.gpus), 1)
-            for gpu in energy.gpus:
-                key = (str(gpu.index), gpu.uuid, gpu.name)
-                result.gpu_energy[key] = total / count
-                if seconds > 0:
-                    result.gpu_power[key] = total / count / seconds
+            interval = modelled_interval(
+                energy.gpus, seconds, work.values(), self.prior.energy, self.idle.watts, self.limit_watts_total
+            )
         else:
-            total = 0.0
-            for gpu in energy.gpus:
-                key = (str(gpu.index), gpu.uuid, gpu.name)
-                if gpu.power_watts is not None:
-                    result.gpu_power[key] = gpu.power_watts
-                inc = self._energy.increase(gpu.uuid, gpu.energy_joules)
-                if inc is None:
-                    complete = False
-                    continue
-                result.energy_resets += int(inc.reset)
-                if inc.reset:
-                    # A driver reload restarts the counter; its new value is energy of an unknown span.
-                    complete = False
-                result.gpu_energy[key] = inc.value
-                total += inc.value
-            complete = complete and not any(gpu.energy_joules is None for gpu in energy.gpus)
-
-        if idle_interval and complete and not energy.modelled and seconds > 0:
-            self.idle.observe(total, seconds)
-
-        if (
-            self.estimator is not None
-            and vllm_known
-            and complete
-            and not energy.modelled
-            and seconds > 0
-            and not idle_interval
-        ):
-            combined = Work()
-            for piece in work.values():
-                combined.add(piece)
-            # Fitted on what was measured; the allocation below then uses the updated costs.
-            self.estimator.observe(total - self.idle.watts * seconds, seconds, combined)
+            interval = measured_interval(energy.gpus, self._energy)
+        if interval.teaches and seconds > 0:
+            self._learn(interval, seconds, idle_interval=self._pending_idle and vllm_known, vllm_known=vllm_known)
 
         allocation = allocate(
-            total,
+            interval.joules,
             seconds,
             work,
             self._coefficients()[0],
@@ -183,21 +151,41 @@ class Attributor:
             static_by_occupancy=self.policy.static_by_occupancy,
             step_on_output=self.policy.step_on_output,
             # A modelled energy says nothing the costs did not: no surprise to place.
-            covariance=self.estimator.covariance if self.estimator is not None and not energy.modelled else None,
+            covariance=self.estimator.covariance if self.estimator is not None and interval.measured else None,
         )
-        result.allocation = allocation
-        result.seconds = seconds
-        result.energy_joules = total
-        result.costs = costs(allocation, seconds, self.gpu_count, self.prices)
-        result.emissions = emissions(allocation, self.prices)
+        self._record_energy(result, interval, allocation, seconds)
         self._pending = {}
         self._pending_idle = True
 
-    def _marginal(self, e, sd) -> dict[tuple[str, str], tuple[float, float]]:
+    def _learn(self, interval: IntervalEnergy, seconds: float, *, idle_interval: bool, vllm_known: bool) -> None:
+        """Measured energy of a complete interval teaches the idle estimate (nothing ran) or the
+        fit (work ran, and vLLM said what)."""
+        if idle_interval:
+            self.idle.observe(interval.joules, seconds)
+        elif self.estimator is not None and vllm_known:
+            combined = Work()
+            for piece in self._pending.values():
+                combined.add(piece)
+            # Fitted on what was measured; the allocation then uses the updated costs.
+            self.estimator.observe(interval.joules - self.idle.watts * seconds, seconds, combined)
+
+    def _record_energy(
+        self, result: TickResult, interval: IntervalEnergy, allocation: Allocation, seconds: float
+    ) -> None:
+        result.gpu_energy = interval.per_gpu
+        result.gpu_power = interval.power
+        result.energy_resets = interval.resets
+        result.allocation = allocation
+        result.seconds = seconds
+        result.energy_joules = interval.joules
+        result.costs = costs(allocation, seconds, self.gpu_count, self.prices)
+        result.emissions = emissions(allocation, self.prices)
+
+    def _marginal(self, e: Coefficients, sd: Coefficients) -> dict[ClassKey, tuple[float, float]]:
         """Marginal energy per token; the per-step and KV costs are amortised over the output
         tokens seen so far, since a step is paid once for the whole batch."""
         rel = self.prior.relative_stddev
-        result = {}
+        result: dict[ClassKey, tuple[float, float]] = {}
         for model in self._models:
             totals = self._totals.get(model, Work())
             if self.estimator is not None:

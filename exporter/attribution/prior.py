@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from exporter.gpu_table import GpuSpec
-from exporter.model_spec import ModelSpec
+from exporter.attribution.gpu_table import GpuSpec
+from exporter.attribution.model_spec import ModelSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,25 +23,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from exporter.attribution.prior import Coefficients
+from exporter.attribution.token_class import IDLE, INPUT, OUTPUT, TOKEN_CLASSES, TokenClass
 from exporter.attribution.work import Work
 
-INPUT, CACHED_INPUT, OUTPUT, IDLE = "input", "cached_input", "output", "idle"
-TOKEN_CLASSES = (INPUT, CACHED_INPUT, OUTPUT)
-ENERGY_CLASSES = (INPUT, CACHED_INPUT, OUTPUT, IDLE)
 UNKNOWN_MODEL = "unknown"
+ClassKey = tuple[str, TokenClass]  # (model, class)
 
 
 @dataclass(frozen=True, slots=True)
 class Allocation:
-    energy: dict[tuple[str, str], float]  # joules per (model, class), summing to the measured energy
-    time_share: dict[tuple[str, str], float]  # fraction of the interval's GPU time, summing to 1
+    energy: dict[ClassKey, float]  # joules per (model, class), summing to the measured energy
+    time_share: dict[ClassKey, float]  # fraction of the interval's GPU time, summing to 1
     busy_fraction: float
     busy_seconds: float
     static_joules: float
     dynamic_joules: float
 
 
-def driver_amounts(work: Work, cls: str, step_on_output: bool) -> tuple[float, float, float, float]:
+def driver_amounts(work: Work, cls: TokenClass, step_on_output: bool) -> tuple[float, float, float, float]:
     """How much of each fitted driver (input tokens, output tokens, steps, KV context tokens) a
     class's weight holds: the step-cost policy lives here. The cached input's own cost is not a
     fitted driver, so it holds none."""
@@ -73,12 +72,12 @@ Covariance = Callable[[Sequence[float], Sequence[float]], float]
 
 
 def _condition_on_measurement(
-    energy_w: dict[tuple[str, str], float],
+    energy_w: dict[ClassKey, float],
     dynamic: float,
     work_by_model: dict[str, Work],
     covariance: Covariance,
     step_on_output: bool,
-) -> dict[tuple[str, str], float]:
+) -> dict[ClassKey, float]:
     keys = list(energy_w)
     amounts = {key: driver_amounts(work_by_model[key[0]], key[1], step_on_output) for key in keys}
     total = [math.fsum(column) for column in zip(*amounts.values())]
@@ -92,6 +91,51 @@ def _condition_on_measurement(
         value = energy_w[key] + with_total[key] / variance * gap
         adjusted[key] = value if value > 0 else 0.0  # NaN, too, becomes 0
     return adjusted
+
+
+def _class_weights_by_key(
+    work_by_model: dict[str, Work],
+    energy_coefficients: Coefficients,
+    time_coefficients: Coefficients,
+    step_overhead_seconds: float,
+    step_on_output: bool,
+) -> tuple[dict[ClassKey, float], dict[ClassKey, float]]:
+    """Energy and time weights of every (model, class) that did any work."""
+    energy_w: dict[ClassKey, float] = {}
+    time_w: dict[ClassKey, float] = {}
+    for model, work in work_by_model.items():
+        if not work.any:
+            continue
+        for cls, e, t in zip(
+            TOKEN_CLASSES,
+            class_weights(work, energy_coefficients, step_on_output),
+            class_weights(work, time_coefficients, step_on_output, step_overhead_seconds),
+        ):
+            if e > 0 or t > 0:
+                energy_w[(model, cls)] = e
+                time_w[(model, cls)] = t
+    return energy_w, time_w
+
+
+def _spread_idle(allocated: dict[ClassKey, float], idle_total: float, models: Sequence[str]) -> None:
+    """Idle energy split equally between the models; the last takes the rounding remainder."""
+    per_model = idle_total / len(models)
+    for model in models[:-1]:
+        allocated[(model, IDLE)] = allocated.get((model, IDLE), 0.0) + per_model
+    last = (models[-1], IDLE)
+    allocated[last] = allocated.get(last, 0.0) + (idle_total - per_model * (len(models) - 1))
+
+
+def _time_shares(time_w: dict[ClassKey, float], busy: float, models: Sequence[str]) -> dict[ClassKey, float]:
+    shares: dict[ClassKey, float] = {}
+    total_time = sum(time_w.values())
+    if total_time > 0:
+        for key, t in time_w.items():
+            shares[key] = busy * t / total_time
+    idle_share = 1.0 - busy if time_w else 1.0
+    for model in models:
+        shares[(model, IDLE)] = shares.get((model, IDLE), 0.0) + idle_share / len(models)
+    return shares
 
 
 def allocate(
@@ -110,55 +154,29 @@ def allocate(
 ) -> Allocation:
     energy_joules = max(energy_joules, 0.0)
     seconds = max(seconds, 0.0)
-    energy_w: dict[tuple[str, str], float] = {}
-    time_w: dict[tuple[str, str], float] = {}
-    for model, work in work_by_model.items():
-        if not work.any:
-            continue
-        for cls, e, t in zip(
-            TOKEN_CLASSES,
-            class_weights(work, energy_coefficients, step_on_output),
-            class_weights(work, time_coefficients, step_on_output, step_overhead_seconds),
-        ):
-            if e > 0 or t > 0:
-                energy_w[(model, cls)] = e
-                time_w[(model, cls)] = t
-
+    energy_w, time_w = _class_weights_by_key(
+        work_by_model, energy_coefficients, time_coefficients, step_overhead_seconds, step_on_output
+    )
     busy_seconds = sum(time_w.values())
     busy = min(busy_seconds / seconds, 1.0) if seconds > 0 else (1.0 if busy_seconds > 0 else 0.0)
     static = min(energy_joules, idle_watts * seconds)
     dynamic = energy_joules - static
 
-    allocated: dict[tuple[str, str], float] = {}
-    total_time = busy_seconds
-    total_energy_w = sum(energy_w.values())
+    allocated: dict[ClassKey, float] = {}
     if time_w:
-        static_busy = static * busy if static_by_occupancy else 0.0
-        if covariance is not None and total_energy_w > 0:
+        if covariance is not None and sum(energy_w.values()) > 0:
             energy_w = _condition_on_measurement(energy_w, dynamic, work_by_model, covariance, step_on_output)
-            total_energy_w = sum(energy_w.values())
-        dynamic_weights, dynamic_total = (energy_w, total_energy_w) if total_energy_w > 0 else (time_w, total_time)
+        # Dynamic energy by marginal weight (by time when no class has an energy weight); the
+        # static energy of the busy time by time occupancy, or none of it under the idle policy.
+        dynamic_weights = energy_w if sum(energy_w.values()) > 0 else time_w
+        dynamic_total = sum(dynamic_weights.values())
+        static_busy = static * busy if static_by_occupancy else 0.0
         for key in time_w:
-            share_static = static_busy * time_w[key] / total_time if total_time > 0 else 0.0
+            share_static = static_busy * time_w[key] / busy_seconds if busy_seconds > 0 else 0.0
             share_dynamic = dynamic * dynamic_weights[key] / dynamic_total if dynamic_total > 0 else 0.0
             allocated[key] = share_static + share_dynamic
 
     models = list(dict.fromkeys(idle_models)) or list(dict.fromkeys(m for m, _ in time_w)) or [UNKNOWN_MODEL]
     idle_total = energy_joules - sum(allocated.values())
-    if idle_total < 0:  # only rounding can get here
-        idle_total = 0.0
-    per_model = idle_total / len(models)
-    for model in models[:-1]:
-        allocated[(model, IDLE)] = allocated.get((model, IDLE), 0.0) + per_model
-    allocated[(models[-1], IDLE)] = allocated.get((models[-1], IDLE), 0.0) + (
-        idle_total - per_model * (len(models) - 1)
-    )
-
-    shares: dict[tuple[str, str], float] = {}
-    if total_time > 0:
-        for key, t in time_w.items():
-            shares[key] = busy * t / total_time
-    idle_share = 1.0 - busy if time_w else 1.0
-    for model in models:
-        shares[(model, IDLE)] = shares.get((model, IDLE), 0.0) + idle_share / len(models)
-    return Allocation(allocated, shares, busy, busy_seconds, static, dynamic)
+    _spread_idle(allocated, max(idle_total, 0.0), models)  # below zero only by rounding
+    return Allocation(allocated, _time_shares(time_w, busy, models), busy, busy_seconds, static, dynamic)

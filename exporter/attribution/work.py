@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from exporter.attribution.counters import CounterTracker
-from exporter.sources.snapshots import EngineSample
+from exporter.attribution.readings import EngineSample
 
 
 @dataclass(slots=True)

@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from exporter.attribution.gpu_table import GpuSpec
+from exporter.attribution.model_spec import ModelSpec
 from exporter.attribution.prior import Coefficients
-from exporter.gpu_table import GpuSpec
-from exporter.model_spec import ModelSpec
 
 COMPONENT = "component"
 PHASE = "phase"

@@ -39,8 +39,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-INPUT, CACHED_INPUT, OUTPUT, IDLE = "input", "cached_input", "output", "idle"
-CLASSES = (INPUT, CACHED_INPUT, OUTPUT, IDLE)
+from exporter.attribution.token_class import TokenClass
+
+CLASSES = tuple(TokenClass)  # the oracle's classes are the exporter's
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,4 +72,4 @@ class OracleTotals:
         )
 
 
-__all__ = ["CACHED_INPUT", "CLASSES", "IDLE", "INPUT", "OUTPUT", "OracleTotals"]
+__all__ = ["CLASSES", "OracleTotals"]

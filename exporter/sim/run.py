@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from heapq import heappop, heappush
 from typing import NamedTuple
 
-from exporter.gpu_table import GPU_TABLE, GpuSpec, lookup
-from exporter.model_spec import ModelSpec
+from exporter.attribution.gpu_table import GPU_TABLE, GpuSpec, lookup
+from exporter.attribution.model_spec import ModelSpec
+from exporter.attribution.token_class import CACHED_INPUT, INPUT, OUTPUT
 from exporter.sim.engine import Engine, EngineConfig, Seq, StepResult
 from exporter.sim.hardware import COMPONENT, HardwareModel, Roofline
-from exporter.sim.oracle import CACHED_INPUT, CLASSES, INPUT, OUTPUT, OracleTotals
+from exporter.sim.oracle import CLASSES, OracleTotals
 from exporter.sim.telemetry import EnergyMeter, VllmCounters, render_page
 from exporter.sim.workload import Scenario, Workload
 

@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from exporter.attribution.readings import EnergySnapshot, GpuReading, VllmSnapshot
 from exporter.sim.run import Simulation
-from exporter.sources.snapshots import EnergySnapshot, GpuReading, SourceError, VllmSnapshot
+from exporter.sources.errors import SourceError
 from exporter.sources.vllm_page import parse
 
 COUNTER = "counter"

@@ -8,16 +8,49 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from types import ModuleType
+from typing import Any, Protocol
 
-from exporter.config import EnergySource, Settings
-from exporter.gpu_table import GPU_TABLE, GpuSpec, lookup
+from structlog.typing import FilteringBoundLogger
+
+from exporter.attribution.gpu_table import GPU_TABLE, GpuSpec, lookup
+from exporter.attribution.readings import EnergySnapshot, GpuIdentity
 from exporter.sources.gpu_discovery import GpuSelection, ProcTree, resolve_gpu_selection
+from exporter.sources.nvml import NvmlEnergySource, NvmlUnavailable
 from exporter.sources.phase_model import PhaseModelEnergySource
 
 DEFAULT_GPU = "H100"
 MODE_NVML = "nvml"
 MODE_PHASE_MODEL = "phase-model"
+
+
+class EnergyMode(StrEnum):
+    AUTO = "auto"  # NVML, else the phase model
+    NVML = "nvml"  # fail if NVML cannot be read
+    PHASE_MODEL = "phase-model"  # never touch NVML
+
+
+class EnergySource(Protocol):
+    """What the loop reads energy from: NVML, the phase model, or a simulator."""
+
+    @property
+    def gpus(self) -> Sequence[GpuIdentity]: ...
+
+    def read(self) -> EnergySnapshot: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyOptions:
+    """The settings the choice depends on, as plain values (named as the settings are)."""
+
+    energy_source: EnergyMode = EnergyMode.AUTO
+    gpus: str | None = None  # comma-separated indices or UUIDs, already validated
+    gpu_type: str | None = None
+    gpu_count: int | None = None  # for the phase model when no GPU is named
+    power_sample_hz: float = 20.0
 
 
 class EnergySourceError(Exception):
@@ -30,8 +63,8 @@ class EnergySourceError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class EnergySetup:
-    source: Any  # NvmlEnergySource or PhaseModelEnergySource: read() -> EnergySnapshot, close()
-    mode: str  # "nvml" or "phase-model"
+    source: EnergySource
+    mode: str  # "nvml" or "phase-model" (a simulator names itself)
     gpu_spec: GpuSpec
     gpu_count: int
     fallback_reason: str | None  # why something less than measured-and-identified is in use
@@ -39,10 +72,10 @@ class EnergySetup:
 
 
 def open_energy_source(
-    settings: Settings,
-    pynvml_module: Any | None = None,
+    options: EnergyOptions,
+    pynvml_module: ModuleType | None = None,
     clock: Callable[[], float] = time.monotonic,
-    log: Any | None = None,
+    log: FilteringBoundLogger | None = None,
     *,
     environ: Mapping[str, str] | None = None,
     proc: ProcTree | None = None,
@@ -50,20 +83,18 @@ def open_energy_source(
     """`pynvml_module` None: import pynvml, but only when NVML is to be tried at all.
     `environ` (default os.environ) and `proc` (default /proc) feed the GPU discovery."""
     environ = os.environ if environ is None else environ
-    wanted = EnergySource(settings.energy_source)
-    if wanted is EnergySource.PHASE_MODEL:
-        selection = _select(settings, environ, proc, lambda: None, log)
-        return _phase_model(settings, clock, gpus=None, reasons=[], log=log, selection=selection)
-
-    from exporter.sources.nvml import NvmlUnavailable
+    wanted = EnergyMode(options.energy_source)
+    if wanted is EnergyMode.PHASE_MODEL:
+        selection = _select(options, environ, proc, lambda: None, log)
+        return _phase_model(options, clock, gpus=None, reasons=[], log=log, selection=selection)
 
     selection = None
     try:
         module = _import_pynvml(pynvml_module)
-        selection = _select(settings, environ, proc, lambda: _visible_count(module), log)
-        source = _open_nvml(settings, module, clock, selection)
+        selection = _select(options, environ, proc, lambda: _visible_count(module), log)
+        source = NvmlEnergySource(module, selection.gpus, options.power_sample_hz, clock)
     except NvmlUnavailable as err:
-        if wanted is EnergySource.NVML:
+        if wanted is EnergyMode.NVML:
             raise EnergySourceError(
                 err.reason,
                 f"setting energy_source=nvml, but {err}; set energy_source to auto or phase-model "
@@ -72,46 +103,48 @@ def open_energy_source(
         # The caller logs the fallback once, from fallback_reason; logging here would double it.
         reason = f"{err}; using the declared phase model"
         if selection is None:  # pynvml could not be imported: the exporter sees no GPU
-            selection = _select(settings, environ, proc, lambda: None, log)
-        return _phase_model(settings, clock, gpus=err.gpus or None, reasons=[reason], log=log, selection=selection)
+            selection = _select(options, environ, proc, lambda: None, log)
+        return _phase_model(options, clock, gpus=err.gpus or None, reasons=[reason], log=log, selection=selection)
+    return _nvml_setup(options, source, selection, log)
 
-    names = [name for _, _, name in source.gpus]
-    spec, spec_reason = _spec(settings, names[0] if names else None)
-    setup = EnergySetup(source, MODE_NVML, spec, len(names), spec_reason, selection)
+
+def _nvml_setup(
+    options: EnergyOptions, source: NvmlEnergySource, selection: GpuSelection, log: FilteringBoundLogger | None
+) -> EnergySetup:
+    names = [gpu.name for gpu in source.gpus]
+    spec, spec_reason = _spec(options, names[0] if names else None)
     if log is not None:
         log.info(
             "energy_source_opened",
             mode=MODE_NVML,
-            gpus=[f"{i}:{uuid}" for i, uuid, _ in source.gpus],
+            gpus=[f"{gpu.index}:{gpu.uuid}" for gpu in source.gpus],
             methods=sorted(set(source.methods.values())),
             gpu_spec=spec.key,
             fallback_reason=spec_reason,
             gpu_selection=selection.origin,
             gpu_selection_detail=selection.detail,
         )
-    return setup
+    return EnergySetup(source, MODE_NVML, spec, len(names), spec_reason, selection)
 
 
 def _select(
-    settings: Settings,
+    options: EnergyOptions,
     environ: Mapping[str, str],
     proc: ProcTree | None,
     visible_count: Callable[[], int | None],
-    log: Any | None,
+    log: FilteringBoundLogger | None,
 ) -> GpuSelection:
-    selection = resolve_gpu_selection(settings.gpus, environ, visible_count, proc)
+    selection = resolve_gpu_selection(options.gpus, environ, visible_count, proc)
     if selection.warning and log is not None:
         log.warning("gpu_selection_uncertain", origin=selection.origin, reason=selection.warning)
     return selection
 
 
-def _import_pynvml(pynvml_module: Any | None) -> Any:
+def _import_pynvml(pynvml_module: ModuleType | None) -> ModuleType:
     if pynvml_module is not None:
         return pynvml_module
-    from exporter.sources.nvml import NvmlUnavailable
-
     try:
-        import pynvml  # deferred: the phase model must run without it
+        import pynvml
     except ImportError as err:
         raise NvmlUnavailable("pynvml_missing", f"cannot import pynvml (nvidia-ml-py): {err}") from err
     return pynvml
@@ -132,15 +165,9 @@ def _visible_count(nvml: Any) -> int | None:
             nvml.nvmlShutdown()
 
 
-def _open_nvml(settings: Settings, pynvml_module: Any, clock: Callable[[], float], selection: GpuSelection) -> Any:
-    from exporter.sources.nvml import NvmlEnergySource
-
-    return NvmlEnergySource(pynvml_module, selection.gpus, settings.power_sample_hz, clock)
-
-
-def _spec(settings: Settings, nvml_name: str | None) -> tuple[GpuSpec, str | None]:
-    if settings.gpu_type is not None:
-        spec = lookup(settings.gpu_type)
+def _spec(options: EnergyOptions, nvml_name: str | None) -> tuple[GpuSpec, str | None]:
+    if options.gpu_type is not None:
+        spec = lookup(options.gpu_type)
         if spec is not None:
             return spec, None
     if nvml_name is not None:
@@ -153,29 +180,29 @@ def _spec(settings: Settings, nvml_name: str | None) -> tuple[GpuSpec, str | Non
     return GPU_TABLE[DEFAULT_GPU], f"gpu_type is not set; assuming {DEFAULT_GPU} figures"
 
 
-def _declared_gpus(settings: Settings, spec: GpuSpec, selection: tuple[str, ...] | None) -> list[tuple[int, str, str]]:
+def _declared_gpus(options: EnergyOptions, spec: GpuSpec, selection: tuple[str, ...] | None) -> list[GpuIdentity]:
     name = f"{spec.key} (declared)"
     if selection:
         # An index names the GPU; a UUID is kept as its identity, numbered by position.
         return [
-            (int(item), "unknown", name) if item.isdigit() else (position, item, name)
+            GpuIdentity(int(item), "unknown", name) if item.isdigit() else GpuIdentity(position, item, name)
             for position, item in enumerate(selection)
         ]
-    return [(i, "unknown", name) for i in range(settings.gpu_count or 1)]
+    return [GpuIdentity(i, "unknown", name) for i in range(options.gpu_count or 1)]
 
 
 def _phase_model(
-    settings: Settings,
+    options: EnergyOptions,
     clock: Callable[[], float],
-    gpus: Sequence[tuple[int, str, str]] | None,
+    gpus: Sequence[GpuIdentity] | None,
     reasons: list[str],
-    log: Any | None,
+    log: FilteringBoundLogger | None,
     selection: GpuSelection,
 ) -> EnergySetup:
-    spec, spec_reason = _spec(settings, gpus[0][2] if gpus else None)
+    spec, spec_reason = _spec(options, gpus[0].name if gpus else None)
     if spec_reason:
         reasons = [*reasons, spec_reason]
-    identities = list(gpus) if gpus else _declared_gpus(settings, spec, selection.gpus)
+    identities = list(gpus) if gpus else _declared_gpus(options, spec, selection.gpus)
     source = PhaseModelEnergySource(identities, clock)
     if log is not None:
         log.info(

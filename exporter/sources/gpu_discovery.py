@@ -27,8 +27,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.config import parse_gpu_list
-
 ORIGIN_FLAG = "flag"
 ORIGIN_ENVIRONMENT = "environment"
 ORIGIN_VLLM_PROCESS = "vllm-process"
@@ -36,12 +34,19 @@ ORIGIN_ALL_VISIBLE = "all-visible"
 
 NVIDIA_VAR = "NVIDIA_VISIBLE_DEVICES"
 CUDA_VAR = "CUDA_VISIBLE_DEVICES"
-# The NVIDIA device plugin's `volume-mounts` strategy: the variable names this directory, and the
-# container gets one (empty) entry per GPU in it, named by UUID.
-VOLUME_MOUNTS_DIR = "/var/run/nvidia-container-devices"
-
 _UUID = re.compile(r"(GPU|MIG)-[0-9A-Za-z/-]+")
 _ENVIRON_MAX_BYTES = 1 << 20
+
+
+def parse_gpu_list(value: str) -> tuple[str, ...]:
+    """ "0,GPU-…" as a tuple of indices and UUIDs; ValueError names the item that is neither."""
+    items = tuple(item.strip() for item in value.split(",") if item.strip())
+    if not items:
+        raise ValueError("must list at least one GPU index or UUID")
+    for item in items:
+        if not (item.isdigit() or _UUID.fullmatch(item)):
+            raise ValueError(f"{item!r} is neither a GPU index nor a GPU-/MIG- UUID")
+    return items
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,75 +297,108 @@ def resolve_gpu_selection(
     visible_count: Callable[[], int | None],
     proc: ProcTree | None = None,
     self_pid: int | None = None,
-    discover: bool = True,
 ) -> GpuSelection:
     """Apply the order in the module docstring. `visible_count` gives the number of GPUs the
     exporter sees (NVML), or None where it sees none (no driver, the phase model); it is only
     called when the answer depends on it."""
     if explicit is not None:
         return GpuSelection(parse_gpu_list(explicit), ORIGIN_FLAG, "--gpus / TOKEN_ECONOMY_GPUS")
+    own = _own_choice(environ)
+    if own is not None:
+        return own
+    n_raw = environ.get(NVIDIA_VAR)
+    n_kind, n_items = _parse(n_raw, cuda=False)
+    discovery = _Discovery()
+    if n_kind in ("all", "list"):
+        found = find_vllm_gpus(proc or ProcTree(), os.getpid() if self_pid is None else self_pid)
+        chosen = discovery.match(found, n_kind, n_items, n_raw, visible_count)
+        if chosen is not None:
+            return chosen
+    if n_kind == "list":
+        return _own_nvidia_list(n_raw, n_items, visible_count, discovery.unmatched)
+    return discovery.all_visible(visible_count)
 
+
+def _own_choice(environ: Mapping[str, str]) -> GpuSelection | None:
+    """What this process's own variables decide before any discovery: a CUDA list, or none."""
     c_raw = environ.get(CUDA_VAR)
     c_kind, c_items = _parse(c_raw, cuda=True)
     if c_kind == "list":
         return GpuSelection(c_items, ORIGIN_ENVIRONMENT, f"the exporter's {CUDA_VAR}={c_raw}")
     if c_kind == "none" and c_raw is not None and c_raw.strip():
         return GpuSelection((), ORIGIN_ENVIRONMENT, f"the exporter's {CUDA_VAR}={c_raw}")
-
     n_raw = environ.get(NVIDIA_VAR)
-    n_kind, n_items = _parse(n_raw, cuda=False)
+    n_kind, _ = _parse(n_raw, cuda=False)
     if n_kind == "none" and n_raw is not None and n_raw.strip():
         return GpuSelection((), ORIGIN_ENVIRONMENT, f"the exporter's {NVIDIA_VAR}={n_raw}")
+    return None
 
-    problem = None  # discovery ran and could not tell
-    unmatched = None  # discovery found vLLM's GPUs but cannot match them with ours
-    confirmed = None
-    if discover and n_kind in ("all", "list"):
-        found = find_vllm_gpus(proc or ProcTree(), os.getpid() if self_pid is None else self_pid)
-        if found.gpus:
-            seen = len(n_items) if n_kind == "list" else visible_count()
-            if found.by_index and n_kind == "list" and len(found.gpus) < len(n_items):
-                unmatched = (
-                    f"{found.detail}: vLLM names GPUs by index, which cannot be matched with this "
-                    f"exporter's own {NVIDIA_VAR}={n_raw}; give both containers UUIDs or set --gpus"
-                )
-            elif seen is None or len(found.gpus) < seen:
-                return GpuSelection(found.gpus, ORIGIN_VLLM_PROCESS, found.detail, found.warning)
-            else:
-                confirmed = (
-                    f"{found.detail}: vLLM uses {len(found.gpus)} GPU(s) and this exporter sees "
-                    f"{seen}, so it measures all it sees"
-                )
-        else:
-            problem = found.problem
 
-    if n_kind == "list":
-        described = f"the exporter's {NVIDIA_VAR}={n_raw}"
-        warning = (
-            f"measuring this exporter's {NVIDIA_VAR}, which may include GPUs vLLM does not use: {unmatched}"
-            if unmatched
-            else None
-        )
-        if any(item.isdigit() for item in n_items) and visible_count() == len(n_items):
-            # Inside a container the runtime has applied the list: NVML sees exactly those GPUs,
-            # renumbered from 0, so the host indices no longer name them.
-            return GpuSelection(
-                None, ORIGIN_ENVIRONMENT, described + ", already applied by the container runtime", warning
+@dataclass(slots=True)
+class _Discovery:
+    """What discovery learnt when it did not settle the answer by itself."""
+
+    problem: str | None = None  # it ran and could not tell
+    unmatched: str | None = None  # it found vLLM's GPUs but cannot match them with ours
+    confirmed: str | None = None  # vLLM uses every GPU the exporter sees
+
+    def match(
+        self,
+        found: VllmGpus,
+        n_kind: str,
+        n_items: tuple[str, ...],
+        n_raw: str | None,
+        visible_count: Callable[[], int | None],
+    ) -> GpuSelection | None:
+        if not found.gpus:
+            self.problem = found.problem
+            return None
+        seen = len(n_items) if n_kind == "list" else visible_count()
+        if found.by_index and n_kind == "list" and len(found.gpus) < len(n_items):
+            self.unmatched = (
+                f"{found.detail}: vLLM names GPUs by index, which cannot be matched with this "
+                f"exporter's own {NVIDIA_VAR}={n_raw}; give both containers UUIDs or set --gpus"
             )
-        return GpuSelection(n_items, ORIGIN_ENVIRONMENT, described, warning)
+        elif seen is None or len(found.gpus) < seen:
+            return GpuSelection(found.gpus, ORIGIN_VLLM_PROCESS, found.detail, found.warning)
+        else:
+            self.confirmed = (
+                f"{found.detail}: vLLM uses {len(found.gpus)} GPU(s) and this exporter sees "
+                f"{seen}, so it measures all it sees"
+            )
+        return None
 
-    if confirmed:
-        return GpuSelection(None, ORIGIN_ALL_VISIBLE, confirmed)
-    if problem is None:
+    def all_visible(self, visible_count: Callable[[], int | None]) -> GpuSelection:
+        if self.confirmed:
+            return GpuSelection(None, ORIGIN_ALL_VISIBLE, self.confirmed)
+        if self.problem is None:
+            return GpuSelection(
+                None,
+                ORIGIN_ALL_VISIBLE,
+                "no GPU selection given (--gpus, CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES)",
+            )
+        seen = visible_count()
+        if seen is not None and seen <= 1:
+            return GpuSelection(None, ORIGIN_ALL_VISIBLE, f"this exporter sees {seen} GPU ({self.problem})")
         return GpuSelection(
-            None, ORIGIN_ALL_VISIBLE, "no GPU selection given (--gpus, CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES)"
+            None,
+            ORIGIN_ALL_VISIBLE,
+            self.problem,
+            warning=f"measuring every GPU this exporter sees, which may include GPUs vLLM does not use: {self.problem}",
         )
-    seen = visible_count()
-    if seen is not None and seen <= 1:
-        return GpuSelection(None, ORIGIN_ALL_VISIBLE, f"this exporter sees {seen} GPU ({problem})")
-    return GpuSelection(
-        None,
-        ORIGIN_ALL_VISIBLE,
-        problem,
-        warning=(f"measuring every GPU this exporter sees, which may include GPUs vLLM does not use: {problem}"),
+
+
+def _own_nvidia_list(
+    n_raw: str | None, n_items: tuple[str, ...], visible_count: Callable[[], int | None], unmatched: str | None
+) -> GpuSelection:
+    described = f"the exporter's {NVIDIA_VAR}={n_raw}"
+    warning = (
+        f"measuring this exporter's {NVIDIA_VAR}, which may include GPUs vLLM does not use: {unmatched}"
+        if unmatched
+        else None
     )
+    if any(item.isdigit() for item in n_items) and visible_count() == len(n_items):
+        # Inside a container the runtime has applied the list: NVML sees exactly those GPUs,
+        # renumbered from 0, so the host indices no longer name them.
+        return GpuSelection(None, ORIGIN_ENVIRONMENT, described + ", already applied by the container runtime", warning)
+    return GpuSelection(n_items, ORIGIN_ENVIRONMENT, described, warning)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from exporter.sources.snapshots import EnergySnapshot, GpuReading
+from exporter.attribution.readings import EnergySnapshot, GpuIdentity, GpuReading
 
 COUNTER = "counter"
 POWER_INTEGRATION = "power_integration"
@@ -32,8 +32,6 @@ _INIT_ERROR_REASONS = (
     ("NVMLError_LibRmVersionMismatch", "driver_version_mismatch"),
 )
 _NOT_FOUND_ERRORS = ("NVMLError_InvalidArgument", "NVMLError_NotFound", "NVMLError_GpuNotFound")
-
-GpuIdentity = tuple[int, str, str]  # (index, uuid, name)
 
 
 class NvmlUnavailable(Exception):
@@ -186,7 +184,7 @@ class NvmlEnergySource:
             raise NvmlUnavailable(
                 "mig",
                 f"MIG mode is enabled on {listed}; NVML energy is board-level and would include other slices",
-                gpus=[(g.index, g.uuid, g.name) for g in gpus],
+                gpus=[GpuIdentity(g.index, g.uuid, g.name) for g in gpus],
             )
         return gpus
 
@@ -256,7 +254,7 @@ class NvmlEnergySource:
 
     @property
     def gpus(self) -> list[GpuIdentity]:
-        return [(g.index, g.uuid, g.name) for g in self._gpus]
+        return [GpuIdentity(g.index, g.uuid, g.name) for g in self._gpus]
 
     @property
     def methods(self) -> dict[int, str]:

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import httpx
 
-from exporter.sources.snapshots import SourceError, VllmSnapshot
+from exporter.attribution.readings import VllmSnapshot
+from exporter.sources.errors import SourceError
 from exporter.sources.vllm_page import parse
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 
-from exporter.sources.snapshots import EngineSample, SourceError, VllmSnapshot
+from exporter.attribution.readings import EngineSample, VllmSnapshot
+from exporter.sources.errors import SourceError
 
 # family name -> EngineSample field; by-source prompt tokens and the cache config are read apart
 _FIELDS: dict[str, str] = {

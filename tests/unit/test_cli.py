@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -5,6 +6,7 @@ import pytest
 
 from exporter.cli import main
 from exporter.config import Settings
+from exporter.sources.gpu_discovery import ProcTree, resolve_gpu_selection
 
 
 def run_cli(*args, env=None):
@@ -45,7 +47,7 @@ def test_environment_variables_are_settings_and_flags_win(monkeypatch):
     monkeypatch.setenv("TOKEN_ECONOMY_GPUS", "0,GPU-abc-123")
     monkeypatch.setenv("TOKEN_ECONOMY_PUE", "1.3")
     s = Settings(pue=1.1)
-    assert s.interval == 7 and s.gpu_selection == ("0", "GPU-abc-123") and s.pue == 1.1
+    assert s.interval == 7 and s.gpus == "0,GPU-abc-123" and s.pue == 1.1
 
 
 def test_a_bad_environment_variable_is_named(monkeypatch, capsys):
@@ -54,15 +56,19 @@ def test_a_bad_environment_variable_is_named(monkeypatch, capsys):
     assert "TOKEN_ECONOMY_INTERVAL" in capsys.readouterr().err
 
 
-def test_gpu_selection_falls_back_to_cuda_then_nvidia_visible_devices(monkeypatch):
+def test_gpu_selection_falls_back_to_cuda_then_nvidia_visible_devices(monkeypatch, tmp_path):
+    def selected() -> tuple[str, ...] | None:
+        # No vLLM process in this (empty) /proc: only the exporter's own variables decide.
+        return resolve_gpu_selection(Settings().gpus, os.environ, lambda: None, ProcTree(tmp_path)).gpus
+
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "GPU-1111,GPU-2222")
-    assert Settings().gpu_selection == ("GPU-1111", "GPU-2222")
+    assert selected() == ("GPU-1111", "GPU-2222")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    assert Settings().gpu_selection == ("1",)
+    assert selected() == ("1",)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "all")
-    assert Settings().gpu_selection is None
+    assert selected() is None
 
 
 def test_config_file(tmp_path, monkeypatch):

@@ -11,16 +11,20 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.attribution.attributor import Attributor
+from exporter.attribution.gpu_table import GPU_TABLE
 from exporter.attribution.idle import IdlePowerEstimator
+from exporter.attribution.model_spec import ModelSpec
+from exporter.attribution.pricing import Prices
 from exporter.attribution.prior import roofline_prior
+from exporter.attribution.readings import EnergySnapshot, EngineSample, GpuReading, VllmSnapshot
+from exporter.catalogue import BUILD_LABELS
 from exporter.collector import LedgerCollector
-from exporter.gpu_table import GPU_TABLE
 from exporter.ledger import Ledger
 from exporter.loop import CollectionLoop
-from exporter.model_spec import ModelSpec
-from exporter.pricing import Prices
 from exporter.server import HttpServer, MetricsCache, Routes
-from exporter.sources.snapshots import EnergySnapshot, EngineSample, GpuReading, SourceError, VllmSnapshot
+from exporter.sources.errors import SourceError
+
+BUILD = {**dict.fromkeys(BUILD_LABELS, "test"), "version": "t", "energy_source": "nvml", "currency": "EUR"}
 
 
 class ScriptedVllm:
@@ -102,7 +106,7 @@ def rig():
         wall_clock=lambda: 1.7e9,
     )
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LedgerCollector(ledger, {"version": "t", "energy_source": "nvml", "currency": "EUR"}))
+    registry.register(LedgerCollector(ledger, BUILD))
     return loop, ledger, vllm, energy, registry
 
 
@@ -147,7 +151,7 @@ def test_totals_conserve_energy_and_mirror_tokens(rig):
         (("component", "rental"), ("currency", "EUR"), ("model_name", "m"), ("token_class", "output")),
     ) in m
     assert value(m, "token_economy_source_up", source="vllm") == 1
-    assert value(m, "token_economy_build_info", version="t", energy_source="nvml", currency="EUR") == 1
+    assert value(m, "token_economy_build_info", **BUILD) == 1
     assert value(m, "token_economy_marginal_energy_joules_per_token", model_name="m", token_class="output") > value(
         m, "token_economy_marginal_energy_joules_per_token", model_name="m", token_class="input"
     )
@@ -221,10 +225,10 @@ def test_run_stops_when_told(rig):
 
 
 def test_configured_prices_are_series_for_promql():
-    from exporter.pricing import Prices
+    from exporter.attribution.pricing import Prices
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LedgerCollector(Ledger(), {"version": "t", "currency": "EUR"}, Prices(2.5, 0.3, 1.2, 380.0)))
+    registry.register(LedgerCollector(Ledger(), BUILD, Prices(2.5, 0.3, 1.2, 380.0)))
     m = samples(registry)
     assert value(m, "token_economy_gpu_hourly_price", currency="EUR") == 2.5
     assert value(m, "token_economy_electricity_price_per_kwh", currency="EUR") == 0.3

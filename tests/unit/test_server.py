@@ -5,8 +5,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.attribution.attributor import TickResult
+from exporter.catalogue import BUILD_LABELS
 from exporter.collector import LedgerCollector
-from exporter.ledger import Ledger
+from exporter.ledger import Ledger, TickRecord
 from exporter.server import HttpServer, MetricsCache, Routes
 
 
@@ -14,7 +15,7 @@ from exporter.server import HttpServer, MetricsCache, Routes
 def served():
     ledger = Ledger()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LedgerCollector(ledger, {"version": "t"}))
+    registry.register(LedgerCollector(ledger, dict.fromkeys(BUILD_LABELS, "t")))
     now = [0.0]
     server = HttpServer(
         "127.0.0.1",
@@ -30,7 +31,7 @@ def test_a_scrape_after_a_tick_sees_the_tick(served):
     url, ledger, _ = served
     with httpx.Client() as client:
         assert "token_economy_tokens_total{" not in client.get(url + "/metrics").text
-        ledger.apply(TickResult(tokens={("m", "output"): 5.0}, models=("m",)), idle_measured=False)
+        ledger.publish(TickRecord({}, TickResult(tokens={("m", "output"): 5.0}, models=("m",))))
         assert (
             'token_economy_tokens_total{model_name="m",token_class="output"} 5.0' in client.get(url + "/metrics").text
         )
@@ -51,7 +52,7 @@ def test_keep_alive_serves_many_requests_on_one_connection(served):
 
 def test_openmetrics_and_gzip_are_negotiated(served):
     url, ledger, _ = served
-    ledger.apply(TickResult(tokens={("m", "input"): 1.0}, models=("m",)), idle_measured=False)
+    ledger.publish(TickRecord({}, TickResult(tokens={("m", "input"): 1.0}, models=("m",))))
     r = httpx.get(url + "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert r.headers["content-type"].startswith("application/openmetrics-text") and r.text.endswith("# EOF\n")
     raw = httpx.get(url + "/metrics", headers={"Accept-Encoding": "gzip"})

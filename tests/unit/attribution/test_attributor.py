@@ -3,12 +3,12 @@ import math
 import pytest
 
 from exporter.attribution.attributor import Attributor, Policy
+from exporter.attribution.gpu_table import GPU_TABLE
 from exporter.attribution.idle import IdlePowerEstimator
+from exporter.attribution.model_spec import ModelSpec
+from exporter.attribution.pricing import Prices
 from exporter.attribution.prior import roofline_prior
-from exporter.gpu_table import GPU_TABLE
-from exporter.model_spec import ModelSpec
-from exporter.pricing import Prices
-from exporter.sources.snapshots import EnergySnapshot, EngineSample, GpuReading, VllmSnapshot
+from exporter.attribution.readings import EnergySnapshot, EngineSample, GpuReading, VllmSnapshot
 
 SPEC = ModelSpec(8e9, 8e9, 2.0, 131072.0, "test")
 PRIOR = roofline_prior(
@@ -78,8 +78,8 @@ def test_first_tick_is_a_baseline_then_energy_is_conserved_per_tick():
     assert math.fsum(r.allocation.energy.values()) == pytest.approx(700.0, rel=1e-12)
     assert r.tokens[("m", "input")] == 500 and r.tokens[("m", "output")] == 100
     assert r.gpu_energy == {
-        ("0", "GPU-0", "NVIDIA H100 80GB HBM3"): 400.0,
-        ("1", "GPU-1", "NVIDIA H100 80GB HBM3"): 300.0,
+        (0, "GPU-0", "NVIDIA H100 80GB HBM3"): 400.0,
+        (1, "GPU-1", "NVIDIA H100 80GB HBM3"): 300.0,
     }
 
 

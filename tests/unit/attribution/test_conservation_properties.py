@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 
 from exporter.attribution.attributor import Attributor, Policy
 from exporter.attribution.estimator import EstimatorSettings, MarginalCostEstimator
+from exporter.attribution.gpu_table import GPU_TABLE
 from exporter.attribution.idle import IdlePowerEstimator
+from exporter.attribution.model_spec import ModelSpec
+from exporter.attribution.pricing import Prices
 from exporter.attribution.prior import roofline_prior
-from exporter.gpu_table import GPU_TABLE
-from exporter.model_spec import ModelSpec
-from exporter.pricing import Prices
-from exporter.sources.snapshots import EnergySnapshot, EngineSample, GpuReading, VllmSnapshot
+from exporter.attribution.readings import EnergySnapshot, EngineSample, GpuReading, VllmSnapshot
 
 PRIOR = roofline_prior(
     GPU_TABLE["H100"],

@@ -1,8 +1,8 @@
 import pytest
 
+from exporter.attribution.gpu_table import GPU_TABLE
+from exporter.attribution.model_spec import ModelSpec, from_config
 from exporter.attribution.prior import roofline_prior
-from exporter.gpu_table import GPU_TABLE
-from exporter.model_spec import ModelSpec, from_config
 
 LLAMA2_70B = ModelSpec(69e9, 69e9, 2.0, 2 * 80 * 8 * 128 * 2.0, "test")
 

@@ -1,5 +1,5 @@
+from exporter.attribution.readings import EngineSample
 from exporter.attribution.work import WorkMeter
-from exporter.sources.snapshots import EngineSample
 
 
 def sample(model="m", engine="0", **kw):

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from exporter.gpu_table import GPU_TABLE
+from exporter.attribution.gpu_table import GPU_TABLE
 from exporter.sim.hardware import LLAMA_2_70B, LLAMA_3_8B, HardwareModel, Roofline
 from exporter.sim.oracle import CLASSES
 from exporter.sim.run import Faults, Simulation

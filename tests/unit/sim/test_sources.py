@@ -7,10 +7,11 @@ import httpx
 import pytest
 
 from exporter.attribution.attributor import Attributor
+from exporter.attribution.gpu_table import GPU_TABLE, lookup
 from exporter.attribution.idle import IdlePowerEstimator
+from exporter.attribution.pricing import Prices
 from exporter.attribution.prior import roofline_prior
-from exporter.gpu_table import GPU_TABLE, lookup
-from exporter.pricing import Prices
+from exporter.attribution.readings import EnergySnapshot, VllmSnapshot
 from exporter.sim import (
     LLAMA_3_8B,
     Faults,
@@ -21,7 +22,7 @@ from exporter.sim import (
     serve_metrics,
     well_mixed,
 )
-from exporter.sources.snapshots import EnergySnapshot, SourceError, VllmSnapshot
+from exporter.sources.errors import SourceError
 from exporter.sources.vllm import VllmSource
 
 

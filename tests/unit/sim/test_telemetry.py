@@ -23,7 +23,7 @@ from exporter.sim import (
     well_mixed,
 )
 from exporter.sim.telemetry import go_float
-from exporter.sources.snapshots import SourceError
+from exporter.sources.errors import SourceError
 from exporter.sources.vllm_page import parse
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "vllm-0.32-cpu-metrics-under-load.txt"

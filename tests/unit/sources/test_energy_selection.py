@@ -3,9 +3,9 @@ import types
 
 import pytest
 
-from exporter.config import ENV_PREFIX, Settings
-from exporter.gpu_table import GPU_TABLE
-from exporter.sources.energy import EnergySourceError, open_energy_source
+from exporter.attribution.gpu_table import GPU_TABLE
+from exporter.config import ENV_PREFIX
+from exporter.sources.energy import EnergyOptions, EnergySourceError, open_energy_source
 from exporter.sources.nvml import NvmlEnergySource
 from exporter.sources.phase_model import PhaseModelEnergySource
 from tests.fakes.pynvml_fake import NVML_DEVICE_MIG_ENABLE, FakeClock, FakeGpu, FakeNvml, NVMLError_DriverNotLoaded
@@ -55,7 +55,7 @@ class _ImportRecorder:
 
 
 def test_auto_with_nvml_measures_and_names_the_gpu_from_nvml(clock):
-    setup = open_energy_source(Settings(), fake(clock, name="NVIDIA A100-SXM4-80GB"), clock)
+    setup = open_energy_source(EnergyOptions(), fake(clock, name="NVIDIA A100-SXM4-80GB"), clock)
     try:
         assert isinstance(setup.source, NvmlEnergySource)
         assert (setup.mode, setup.gpu_spec.key, setup.gpu_count, setup.fallback_reason) == ("nvml", "A100", 2, None)
@@ -66,27 +66,27 @@ def test_auto_with_nvml_measures_and_names_the_gpu_from_nvml(clock):
 
 
 def test_declared_gpu_type_beats_the_nvml_name(clock):
-    setup = open_energy_source(Settings(energy_source="nvml", gpu_type="L40S"), fake(clock), clock)
+    setup = open_energy_source(EnergyOptions(energy_source="nvml", gpu_type="L40S"), fake(clock), clock)
     setup.source.close()
     assert (setup.mode, setup.gpu_spec.key, setup.fallback_reason) == ("nvml", "L40S", None)
 
 
 def test_a_gpu_missing_from_the_table_gets_h100_figures_and_says_so(clock):
-    setup = open_energy_source(Settings(), fake(clock, name="Tesla T4"), clock)
+    setup = open_energy_source(EnergyOptions(), fake(clock, name="Tesla T4"), clock)
     setup.source.close()
     assert setup.mode == "nvml" and setup.gpu_spec == GPU_TABLE["H100"]
     assert "Tesla T4" in setup.fallback_reason and "gpu_type" in setup.fallback_reason
 
 
 def test_nvml_honours_the_gpu_selection(clock):
-    setup = open_energy_source(Settings(gpus=UUID1), fake(clock), clock)
+    setup = open_energy_source(EnergyOptions(gpus=UUID1), fake(clock), clock)
     setup.source.close()
     assert setup.gpu_count == 1 and setup.source.gpus[0][:2] == (1, UUID1)
 
 
 def test_auto_falls_back_to_the_phase_model_with_a_reason(clock):
     nvml = FakeNvml(init_error=NVMLError_DriverNotLoaded, clock=clock)
-    setup = open_energy_source(Settings(gpu_count=4, gpu_type="H200"), nvml, clock)
+    setup = open_energy_source(EnergyOptions(gpu_count=4, gpu_type="H200"), nvml, clock)
     assert isinstance(setup.source, PhaseModelEnergySource)
     assert (setup.mode, setup.gpu_spec.key, setup.gpu_count) == ("phase-model", "H200", 4)
     assert "driver_not_loaded" in setup.fallback_reason and "phase model" in setup.fallback_reason
@@ -101,14 +101,14 @@ def test_auto_falls_back_to_the_phase_model_with_a_reason(clock):
 def test_nvml_mode_refuses_to_fall_back_and_names_the_setting(clock):
     nvml = FakeNvml(init_error=NVMLError_DriverNotLoaded, clock=clock)
     with pytest.raises(EnergySourceError) as caught:
-        open_energy_source(Settings(energy_source="nvml"), nvml, clock)
+        open_energy_source(EnergyOptions(energy_source="nvml"), nvml, clock)
     assert caught.value.reason == "driver_not_loaded"
     assert "energy_source" in str(caught.value) and "driver_not_loaded" in str(caught.value)
 
 
 def test_auto_on_a_mig_gpu_keeps_the_real_identity(clock):
     nvml = FakeNvml([FakeGpu(name="NVIDIA A100-SXM4-80GB", uuid=UUID0, mig_mode=NVML_DEVICE_MIG_ENABLE)], clock)
-    setup = open_energy_source(Settings(), nvml, clock)
+    setup = open_energy_source(EnergyOptions(), nvml, clock)
     assert (setup.mode, setup.gpu_spec.key, setup.gpu_count) == ("phase-model", "A100", 1)
     assert "mig" in setup.fallback_reason
     assert setup.source.gpus == [(0, UUID0, "NVIDIA A100-SXM4-80GB")]
@@ -117,7 +117,7 @@ def test_auto_on_a_mig_gpu_keeps_the_real_identity(clock):
 
 def test_auto_on_a_mig_slice_selection_uses_the_slice_uuid(clock):
     mig = "MIG-4f2c9a1e-0000-0000-0000-000000000000"
-    setup = open_energy_source(Settings(gpus=mig), fake(clock), clock)
+    setup = open_energy_source(EnergyOptions(gpus=mig), fake(clock), clock)
     assert setup.mode == "phase-model" and setup.source.gpus == [(0, mig, "H100 (declared)")]
     assert setup.gpu_count == 1
 
@@ -132,14 +132,14 @@ def test_auto_on_a_mig_slice_selection_uses_the_slice_uuid(clock):
     ],
 )
 def test_phase_model_gpu_count(clock, overrides, count, indices):
-    setup = open_energy_source(Settings(energy_source="phase-model", gpu_type="A100", **overrides), None, clock)
+    setup = open_energy_source(EnergyOptions(energy_source="phase-model", gpu_type="A100", **overrides), None, clock)
     assert (setup.mode, setup.gpu_count, setup.fallback_reason) == ("phase-model", count, None)
     assert [g[0] for g in setup.source.gpus] == indices
     assert {g[2] for g in setup.source.gpus} == {"A100 (declared)"}
 
 
 def test_phase_model_without_gpu_type_assumes_h100_and_says_so(clock):
-    setup = open_energy_source(Settings(energy_source="phase-model"), None, clock)
+    setup = open_energy_source(EnergyOptions(energy_source="phase-model"), None, clock)
     assert setup.gpu_spec == GPU_TABLE["H100"] and "gpu_type" in setup.fallback_reason
 
 
@@ -148,19 +148,19 @@ def test_phase_model_never_imports_or_touches_pynvml(clock, monkeypatch):
     monkeypatch.delitem(sys.modules, "pynvml", raising=False)
     monkeypatch.setattr(sys, "meta_path", [recorder, *sys.meta_path])
 
-    setup = open_energy_source(Settings(energy_source="phase-model"), None, clock)
+    setup = open_energy_source(EnergyOptions(energy_source="phase-model"), None, clock)
     assert setup.mode == "phase-model" and recorder.attempts == 0
-    setup = open_energy_source(Settings(energy_source="phase-model"), _Tripwire("pynvml"), clock)
+    setup = open_energy_source(EnergyOptions(energy_source="phase-model"), _Tripwire("pynvml"), clock)
     assert setup.mode == "phase-model"
 
     # The same trap catches auto mode, which must import pynvml; and the refusal is a fallback.
-    setup = open_energy_source(Settings(), None, clock)
+    setup = open_energy_source(EnergyOptions(), None, clock)
     assert recorder.attempts == 1
     assert setup.mode == "phase-model" and "pynvml_missing" in setup.fallback_reason
 
 
 def test_phase_model_with_uuid_selection_keeps_the_uuids(clock):
-    setup = open_energy_source(Settings(energy_source="phase-model", gpus=f"{UUID0},{UUID1}"), None, clock)
+    setup = open_energy_source(EnergyOptions(energy_source="phase-model", gpus=f"{UUID0},{UUID1}"), None, clock)
     assert [g[:2] for g in setup.source.gpus] == [(0, UUID0), (1, UUID1)]
 
 
@@ -173,7 +173,7 @@ def test_opening_logs_one_event(clock):
 
         warning = info
 
-    setup = open_energy_source(Settings(), fake(clock), clock, log=Log())
+    setup = open_energy_source(EnergyOptions(), fake(clock), clock, log=Log())
     setup.source.close()
     assert [e for e, _ in events] == ["energy_source_opened"]
     assert events[0][1]["mode"] == "nvml" and events[0][1]["methods"] == ["counter"]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import ENV_PREFIX, Settings
-from exporter.sources.energy import open_energy_source
+from exporter.config import ENV_PREFIX
+from exporter.sources.energy import EnergyOptions, open_energy_source
 from exporter.sources.gpu_discovery import (
     ORIGIN_ALL_VISIBLE,
     ORIGIN_ENVIRONMENT,
@@ -233,10 +233,6 @@ def test_discovery_is_off_outside_a_gpu_container(proc):
     # No NVIDIA_VISIBLE_DEVICES on the exporter: bare metal, a laptop, CI. /proc is not read.
     selection, _ = resolve_gpu_selection(None, {}, lambda: 8, Tripwire(), self_pid=SELF_PID), None
     assert (selection.gpus, selection.origin, selection.warning) == (None, ORIGIN_ALL_VISIBLE, None)
-    selection = resolve_gpu_selection(
-        None, {"NVIDIA_VISIBLE_DEVICES": "all"}, lambda: 8, Tripwire(), self_pid=SELF_PID, discover=False
-    )
-    assert (selection.gpus, selection.warning) == (None, None)
 
 
 def test_none_and_void_select_no_gpu():
@@ -426,7 +422,7 @@ def test_nvml_measures_only_the_discovered_gpus(proc):
     fake, clock = nvml()
     log = Log()
     setup = open_energy_source(
-        Settings(), fake, clock, log, environ={"NVIDIA_VISIBLE_DEVICES": "all"}, proc=proc.tree()
+        EnergyOptions(), fake, clock, log, environ={"NVIDIA_VISIBLE_DEVICES": "all"}, proc=proc.tree()
     )
     try:
         assert setup.mode == "nvml" and setup.gpu_count == 2
@@ -443,7 +439,7 @@ def test_nvml_without_vllm_measures_every_gpu_and_warns(proc):
     fake, clock = nvml()
     log = Log()
     setup = open_energy_source(
-        Settings(), fake, clock, log, environ={"NVIDIA_VISIBLE_DEVICES": "all"}, proc=proc.tree()
+        EnergyOptions(), fake, clock, log, environ={"NVIDIA_VISIBLE_DEVICES": "all"}, proc=proc.tree()
     )
     setup.source.close()
     assert setup.gpu_count == 4 and setup.gpu_selection.origin == ORIGIN_ALL_VISIBLE
@@ -458,7 +454,7 @@ def test_without_a_driver_the_phase_model_counts_the_discovered_gpus(proc):
     proc.add(7, 0, VLLM_ARGV, {"NVIDIA_VISIBLE_DEVICES": f"{UUIDS[0]},{UUIDS[2]}"})
     fake = FakeNvml(init_error=NVMLError_DriverNotLoaded, clock=FakeClock())
     setup = open_energy_source(
-        Settings(gpu_type="H100"), fake, FakeClock(), environ={"NVIDIA_VISIBLE_DEVICES": "all"}, proc=proc.tree()
+        EnergyOptions(gpu_type="H100"), fake, FakeClock(), environ={"NVIDIA_VISIBLE_DEVICES": "all"}, proc=proc.tree()
     )
     assert (setup.mode, setup.gpu_count) == ("phase-model", 2)
     assert [g[:2] for g in setup.source.gpus] == [(0, UUIDS[0]), (1, UUIDS[2])]
@@ -468,7 +464,7 @@ def test_without_a_driver_the_phase_model_counts_the_discovered_gpus(proc):
 def test_the_declared_phase_model_counts_the_discovered_gpus(proc):
     proc.add(7, 0, VLLM_ARGV, {"NVIDIA_VISIBLE_DEVICES": "all", "CUDA_VISIBLE_DEVICES": "0,1,2"})
     setup = open_energy_source(
-        Settings(energy_source="phase-model", gpu_type="L4"),
+        EnergyOptions(energy_source="phase-model", gpu_type="L4"),
         None,
         FakeClock(),
         environ={"NVIDIA_VISIBLE_DEVICES": "all"},
@@ -476,11 +472,3 @@ def test_the_declared_phase_model_counts_the_discovered_gpus(proc):
     )
     assert (setup.mode, setup.gpu_count) == ("phase-model", 3)
     assert [g[0] for g in setup.source.gpus] == [0, 1, 2]
-
-
-def test_settings_gpu_selection_reads_only_this_process(monkeypatch):
-    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "all")
-    monkeypatch.setattr(ProcTree, "pids", lambda self: pytest.fail("Settings.gpu_selection read /proc"))
-    assert Settings().gpu_selection is None
-    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "2,3")
-    assert Settings().gpu_selection == ("2", "3")

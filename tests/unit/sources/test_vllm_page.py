@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.sources.snapshots import SourceError
+from exporter.sources.errors import SourceError
 from exporter.sources.vllm_page import parse
 
 FIXTURES = Path(__file__).parents[2] / "fixtures"

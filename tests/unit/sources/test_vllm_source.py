@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.sources.snapshots import SourceError
+from exporter.sources.errors import SourceError
 from exporter.sources.vllm import VllmSource
 
 PAGE = (Path(__file__).parents[2] / "fixtures" / "vllm-0.32-cpu-metrics.txt").read_bytes()

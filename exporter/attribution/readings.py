@@ -1,17 +1,25 @@
-"""What sources return: immutable readings stamped with the monotonic clock, or a typed error."""
+"""What the core reads: immutable readings of vLLM's counters and of the GPUs' energy, each
+stamped with the monotonic clock by the source that took it. The core owns these types; the
+sources build them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-class SourceError(Exception):
-    """A failed read. `reason` is a low-cardinality label for `source_errors_total`."""
+class GpuIdentity(NamedTuple):
+    """One GPU as its labels name it: NVML's index, its UUID ("unknown" where nobody could read
+    it) and its product name."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+    index: int
+    uuid: str
+    name: str
+
+    @property
+    def labels(self) -> tuple[str, str, str]:
+        """(gpu, gpu_uuid, gpu_name) label values."""
+        return (str(self.index), self.uuid, self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,10 @@ class GpuReading:
     power_watts: float | None
     method: str  # "counter", "power_integration" or "phase_model"
     error: str | None = None
+
+    @property
+    def identity(self) -> GpuIdentity:
+        return GpuIdentity(self.index, self.uuid, self.name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,14 +16,14 @@ import random
 from dataclasses import dataclass, field
 
 from exporter.attribution.estimator import DRIVERS
-from exporter.attribution.split import CACHED_INPUT, IDLE, INPUT, OUTPUT
+from exporter.attribution.model_spec import ModelSpec
+from exporter.attribution.token_class import IDLE, INPUT, OUTPUT, TOKEN_CLASSES, TokenClass
 from exporter.config import Settings
-from exporter.model_spec import ModelSpec
 from exporter.sim import Faults, SimEnergySource, Simulation, SimVllmSource
 from exporter.sim.workload import Scenario
-from exporter.sources.snapshots import SourceError
+from exporter.sources.errors import SourceError
 
-CLASSES = (INPUT, CACHED_INPUT, OUTPUT, IDLE)
+CLASSES = tuple(TokenClass)
 
 
 @dataclass(slots=True)
@@ -80,7 +80,7 @@ def evaluate(
     settings: Settings | None = None,
 ) -> Evaluation:
     from exporter.app import make_attributor  # the exporter's own wiring, as `run` builds it
-    from exporter.gpu_table import GPU_TABLE
+    from exporter.attribution.gpu_table import GPU_TABLE
 
     settings = settings or Settings()
     sim = Simulation(scenario, gpu, model, gpus=gpus, truth=truth, seed=seed, faults=faults, trace=True)
@@ -88,7 +88,7 @@ def evaluate(
     attributor = make_attributor(settings, GPU_TABLE[gpu], gpus, model)
     skip = random.Random(f"{seed}/missed")
     allocated = dict.fromkeys(CLASSES, 0.0)
-    tokens = dict.fromkeys((INPUT, CACHED_INPUT, OUTPUT), 0.0)
+    tokens = dict.fromkeys(TOKEN_CLASSES, 0.0)
     measured = 0.0
     ticks = missed = 0
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from exporter.attribution.split import Allocation
+from exporter.attribution.split import Allocation, ClassKey
+from exporter.attribution.token_class import TokenClass
 
 JOULES_PER_KWH = 3.6e6
 RENTAL, ELECTRICITY = "rental", "electricity"
+CostKey = tuple[str, TokenClass, str]  # (model, class, component)
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,9 +21,9 @@ class Prices:
     grams_co2_per_kwh: float
 
 
-def costs(allocation: Allocation, seconds: float, gpu_count: int, prices: Prices) -> dict[tuple[str, str, str], float]:
+def costs(allocation: Allocation, seconds: float, gpu_count: int, prices: Prices) -> dict[CostKey, float]:
     """Cost per (model, class, component); components with a zero price are left out."""
-    result: dict[tuple[str, str, str], float] = {}
+    result: dict[CostKey, float] = {}
     rental = prices.gpu_hourly * gpu_count * seconds / 3600.0
     if rental > 0:
         for (model, cls), share in allocation.time_share.items():
@@ -33,6 +35,6 @@ def costs(allocation: Allocation, seconds: float, gpu_count: int, prices: Prices
     return result
 
 
-def emissions(allocation: Allocation, prices: Prices) -> dict[tuple[str, str], float]:
+def emissions(allocation: Allocation, prices: Prices) -> dict[ClassKey, float]:
     per_joule = prices.grams_co2_per_kwh * prices.pue / JOULES_PER_KWH
     return {key: joules * per_joule for key, joules in allocation.energy.items()}

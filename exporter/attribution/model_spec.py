@@ -1,11 +1,11 @@
 """The size of the served model, which sets the roofline prior: parameters (weights streamed
-once per decode step, 2 FLOPs per parameter per token) and KV bytes per context token."""
+once per decode step, 2 FLOPs per parameter per token) and KV bytes per context token.
+`from_config` counts them from a Hugging Face config.json already read; reading it is a
+source's job (`exporter.sources.model_config`)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 _DTYPE_BYTES = {
     "float32": 4.0,
@@ -65,23 +65,3 @@ def from_config(config: dict, bytes_per_param: float | None = None) -> ModelSpec
         bytes_per_param = _DTYPE_BYTES.get(dtype.removeprefix("torch."), 2.0)
     kv_bytes = 2.0 * layers * kv_heads * head_dim * bytes_per_param
     return ModelSpec(float(active), float(total), bytes_per_param, kv_bytes, "config.json")
-
-
-def resolve(
-    model_dir: Path | None,
-    model_params: float | None,
-    bytes_per_param: float | None,
-    model_names: list[str] | None = None,
-) -> ModelSpec:
-    """A setting wins, then a readable config.json (given, or the served model's path), then the default."""
-    if model_params is not None:
-        return ModelSpec(model_params, model_params, bytes_per_param or 2.0, 0.0, "setting")
-    candidates = [model_dir] if model_dir is not None else []
-    candidates += [Path(name) for name in model_names or [] if name.startswith(("/", "."))]
-    for directory in candidates:
-        try:
-            config = json.loads((directory / "config.json").read_text())
-            return from_config(config, bytes_per_param)
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return ModelSpec(DEFAULT_PARAMS, DEFAULT_PARAMS, bytes_per_param or 2.0, 0.0, "default")

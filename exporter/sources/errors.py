@@ -1,0 +1,12 @@
+"""The one error a source raises: a failed read, with a low-cardinality reason."""
+
+from __future__ import annotations
+
+
+class SourceError(Exception):
+    """A failed read. `reason` is a low-cardinality label for `source_errors_total`."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
