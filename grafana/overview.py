@@ -23,6 +23,29 @@ with warnings.catch_warnings():
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as dash_model
 
+from exporter.catalogue import CATALOGUE
+
+# The exporter's series, by their names in the metric catalogue (a name it lacks fails at import).
+TOKENS = CATALOGUE.name("tokens_total")
+ENERGY = CATALOGUE.name("energy_joules_total")
+COST = CATALOGUE.name("cost_total")
+BUSY = CATALOGUE.name("busy_seconds_total")
+ATTRIBUTED = CATALOGUE.name("attributed_seconds_total")
+GPU_POWER = CATALOGUE.name("gpu_power_watts")
+IDLE_POWER = CATALOGUE.name("idle_power_watts")
+IDLE_POWER_MEASURED = CATALOGUE.name("idle_power_measured")
+MARGINAL_PER_TOKEN = CATALOGUE.name("marginal_energy_joules_per_token")
+MARGINAL_PER_TOKEN_SD = CATALOGUE.name("marginal_energy_joules_per_token_stddev")
+MARGINAL_PER_DRIVER = CATALOGUE.name("marginal_energy_joules")
+MARGINAL_PER_DRIVER_SD = CATALOGUE.name("marginal_energy_joules_stddev")
+IDENTIFIED = CATALOGUE.name("attribution_identified")
+SOURCE_UP = CATALOGUE.name("source_up")
+SOURCE_ERRORS = CATALOGUE.name("source_errors_total")
+COUNTER_RESETS = CATALOGUE.name("counter_resets_total")
+READ_DURATION = CATALOGUE.name("source_read_duration_seconds")
+LAST_TICK = CATALOGUE.name("last_tick_timestamp_seconds")
+BUILD_INFO = CATALOGUE.name("build_info")
+
 UID = "token-economy-overview"
 TITLE = "Token Economy / Overview"
 
@@ -50,9 +73,9 @@ def cost_per_million_allocated(classes: str = "input|cached_input|output", by: s
     """1e6 x class cost / class tokens (token classes only, idle excluded), per currency."""
     sel = f'token_class=~"{classes}", {BY_MODEL}'
     return (
-        f"1e6 * {_rate('token_economy_cost_total', sel, f'{by}, token_class, currency')}\n"
+        f"1e6 * {_rate(COST, sel, f'{by}, token_class, currency')}\n"
         f"  / ignoring (currency) group_left ()\n"
-        f"({_rate('token_economy_tokens_total', sel, f'{by}, token_class')} > 0)"
+        f"({_rate(TOKENS, sel, f'{by}, token_class')} > 0)"
     )
 
 
@@ -62,18 +85,15 @@ def cost_per_million_fully_loaded() -> str:
         f"(\n{cost_per_million_allocated()}\n)\n"
         f"  * ignoring (token_class) group_left ()\n"
         f"(\n"
-        f"    {_rate('token_economy_cost_total', BY_MODEL, 'model_name, currency')}\n"
-        f"  / ({_rate('token_economy_cost_total', NOT_IDLE, 'model_name, currency')} > 0)\n"
+        f"    {_rate(COST, BY_MODEL, 'model_name, currency')}\n"
+        f"  / ({_rate(COST, NOT_IDLE, 'model_name, currency')} > 0)\n"
         f")"
     )
 
 
 def energy_per_token(classes: str = "input|cached_input|output", by: str = "model_name") -> str:
     sel = f'token_class=~"{classes}", {BY_MODEL}'
-    return (
-        f"{_rate('token_economy_energy_joules_total', sel, f'{by}, token_class')}\n"
-        f"  / ({_rate('token_economy_tokens_total', sel, f'{by}, token_class')} > 0)"
-    )
+    return f"{_rate(ENERGY, sel, f'{by}, token_class')}\n  / ({_rate(TOKENS, sel, f'{by}, token_class')} > 0)"
 
 
 def idle_share(metric: str, by: str) -> str:
@@ -259,9 +279,7 @@ def cost_row() -> dash.Row:
                 "Idle share of cost",
                 "Share of the cost paid for GPU time that served no token.",
                 "percentunit",
-                query(
-                    "A", idle_share("token_economy_cost_total", "model_name, currency"), "{{model_name}} ({{currency}})"
-                ),
+                query("A", idle_share(COST, "model_name, currency"), "{{model_name}} ({{currency}})"),
                 thresholds=[(None, "green"), (0.5, "orange"), (0.8, "red")],
             )
         )
@@ -292,10 +310,10 @@ def cost_row() -> dash.Row:
                 "percentunit",
                 query(
                     "A",
-                    idle_share("token_economy_cost_total", "model_name, currency"),
+                    idle_share(COST, "model_name, currency"),
                     "{{model_name}} cost ({{currency}})",
                 ),
-                query("B", idle_share("token_economy_energy_joules_total", "model_name"), "{{model_name}} energy"),
+                query("B", idle_share(ENERGY, "model_name"), "{{model_name}} energy"),
                 width=24,
                 height=7,
             )
@@ -304,10 +322,10 @@ def cost_row() -> dash.Row:
 
 
 def energy_row() -> dash.Row:
-    marginal = f"token_economy_marginal_energy_joules_per_token{{{BY_MODEL}}}"
-    marginal_sd = f"token_economy_marginal_energy_joules_per_token_stddev{{{BY_MODEL}}}"
-    driver = f"token_economy_marginal_energy_joules{{{BY_MODEL}}}"
-    driver_sd = f"token_economy_marginal_energy_joules_stddev{{{BY_MODEL}}}"
+    marginal = f"{MARGINAL_PER_TOKEN}{{{BY_MODEL}}}"
+    marginal_sd = f"{MARGINAL_PER_TOKEN_SD}{{{BY_MODEL}}}"
+    driver = f"{MARGINAL_PER_DRIVER}{{{BY_MODEL}}}"
+    driver_sd = f"{MARGINAL_PER_DRIVER_SD}{{{BY_MODEL}}}"
     return (
         dash.Row("Energy")
         .with_panel(
@@ -326,7 +344,7 @@ def energy_row() -> dash.Row:
                 "watt",
                 query(
                     "A",
-                    _rate("token_economy_energy_joules_total", BY_MODEL, "model_name, token_class"),
+                    _rate(ENERGY, BY_MODEL, "model_name, token_class"),
                     "{{model_name}} {{token_class}}",
                 ),
                 stacked=True,
@@ -339,12 +357,10 @@ def energy_row() -> dash.Row:
                     "Latest power of each GPU (modelled when build_info energy_source is phase-model), and the "
                     "exporter's idle-power estimate for the server's GPUs (dashed).",
                     "watt",
-                    query(
-                        "A", f"token_economy_gpu_power_watts{{{BY_INSTANCE}}}", "{{instance}} GPU {{gpu}} {{gpu_name}}"
-                    ),
+                    query("A", f"{GPU_POWER}{{{BY_INSTANCE}}}", "{{instance}} GPU {{gpu}} {{gpu_name}}"),
                     query(
                         "B",
-                        f"token_economy_idle_power_watts{{{BY_MODEL}}}",
+                        f"{IDLE_POWER}{{{BY_MODEL}}}",
                         "{{instance}} {{model_name}} idle estimate",
                     ),
                 ),
@@ -359,9 +375,9 @@ def energy_row() -> dash.Row:
                 query(
                     "A",
                     (
-                        f"sum by (instance, model_name) (rate(token_economy_busy_seconds_total{{{BY_MODEL}}}[{RI}]))\n"
+                        f"sum by (instance, model_name) (rate({BUSY}{{{BY_MODEL}}}[{RI}]))\n"
                         f"  / on (instance) group_left ()\n"
-                        f"(sum by (instance) (rate(token_economy_attributed_seconds_total{{{BY_INSTANCE}}}[{RI}])) > 0)"
+                        f"(sum by (instance) (rate({ATTRIBUTED}{{{BY_INSTANCE}}}[{RI}])) > 0)"
                     ),
                     "{{instance}} {{model_name}}",
                 ),
@@ -395,7 +411,7 @@ def energy_row() -> dash.Row:
                 "Attribution identified",
                 "yes: the data separate input from output cost; no: the split still leans on the roofline prior.",
                 "none",
-                query("A", f"token_economy_attribution_identified{{{BY_MODEL}}}", "{{model_name}} @ {{instance}}"),
+                query("A", f"{IDENTIFIED}{{{BY_MODEL}}}", "{{model_name}} @ {{instance}}"),
                 mappings=YES_NO,
                 width=12,
                 height=5,
@@ -406,7 +422,7 @@ def energy_row() -> dash.Row:
                 "Idle power measured",
                 "yes: the idle power comes from measured idle intervals; no: it is the GPU table's figure.",
                 "none",
-                query("A", f"token_economy_idle_power_measured{{{BY_MODEL}}}", "{{model_name}} @ {{instance}}"),
+                query("A", f"{IDLE_POWER_MEASURED}{{{BY_MODEL}}}", "{{model_name}} @ {{instance}}"),
                 mappings=YES_NO,
                 width=12,
                 height=5,
@@ -423,7 +439,7 @@ def traffic_row() -> dash.Row:
             TOKENS_PER_S,
             query(
                 "A",
-                _rate("token_economy_tokens_total", BY_MODEL, "model_name, token_class"),
+                _rate(TOKENS, BY_MODEL, "model_name, token_class"),
                 "{{model_name}} {{token_class}}",
             ),
             width=24,
@@ -434,9 +450,9 @@ def traffic_row() -> dash.Row:
 
 def health_row() -> dash.Row:
     errors = (
-        f"sum by (instance, source, reason) (rate(token_economy_source_errors_total{{{BY_INSTANCE}}}[{RI}]))\n"
+        f"sum by (instance, source, reason) (rate({SOURCE_ERRORS}{{{BY_INSTANCE}}}[{RI}]))\n"
         f"  or on (instance, source)\n"
-        f"0 * sum by (instance, source) (token_economy_source_up{{{BY_INSTANCE}}})"
+        f"0 * sum by (instance, source) ({SOURCE_UP}{{{BY_INSTANCE}}})"
     )
     return (
         dash.Row("Source health")
@@ -445,7 +461,7 @@ def health_row() -> dash.Row:
                 "Sources up",
                 "Whether the last read of each source (vllm, energy) succeeded.",
                 "none",
-                query("A", f"token_economy_source_up{{{BY_INSTANCE}}}", "{{instance}} {{source}}"),
+                query("A", f"{SOURCE_UP}{{{BY_INSTANCE}}}", "{{instance}} {{source}}"),
                 mappings=UP_DOWN,
                 thresholds=[(None, "red"), (1, "green")],
                 width=8,
@@ -469,7 +485,7 @@ def health_row() -> dash.Row:
                 "short",
                 query(
                     "A",
-                    f"sum by (instance, source) (increase(token_economy_counter_resets_total{{{BY_INSTANCE}}}[{RI}]))",
+                    f"sum by (instance, source) (increase({COUNTER_RESETS}{{{BY_INSTANCE}}}[{RI}]))",
                     "{{instance}} {{source}}",
                 ),
                 width=8,
@@ -486,9 +502,9 @@ def health_row() -> dash.Row:
                     "A",
                     (
                         f"sum by (instance, source) "
-                        f"(rate(token_economy_source_read_duration_seconds_sum{{{BY_INSTANCE}}}[{RI}]))\n"
+                        f"(rate({READ_DURATION}_sum{{{BY_INSTANCE}}}[{RI}]))\n"
                         f"  / (sum by (instance, source) "
-                        f"(rate(token_economy_source_read_duration_seconds_count{{{BY_INSTANCE}}}[{RI}])) > 0)"
+                        f"(rate({READ_DURATION}_count{{{BY_INSTANCE}}}[{RI}])) > 0)"
                     ),
                     "{{instance}} {{source}}",
                 ),
@@ -501,7 +517,7 @@ def health_row() -> dash.Row:
                 "Time since the last tick",
                 "Seconds since the exporter last completed a collection tick; grows when its loop is stuck.",
                 "s",
-                query("A", f"time() - token_economy_last_tick_timestamp_seconds{{{BY_INSTANCE}}}", "{{instance}}"),
+                query("A", f"time() - {LAST_TICK}{{{BY_INSTANCE}}}", "{{instance}}"),
                 width=12,
                 height=7,
             )
@@ -529,8 +545,8 @@ def _multi_value(name: str, label: str, query: str):
 def variables() -> list:
     return [
         dash.DatasourceVariable("datasource").label("Data source").type("prometheus"),
-        _multi_value("model_name", "Model", "label_values(token_economy_tokens_total, model_name)"),
-        _multi_value("instance", "Instance", "label_values(token_economy_build_info, instance)"),
+        _multi_value("model_name", "Model", f"label_values({TOKENS}, model_name)"),
+        _multi_value("instance", "Instance", f"label_values({BUILD_INFO}, instance)"),
     ]
 
 
