@@ -9,12 +9,13 @@ are here (a test checks). Adding a metric is adding one entry."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
 from exporter.attribution.pricing import Prices
 from exporter.attribution.readings import GpuIdentity
+from exporter.attribution.split import ClassKey
 from exporter.ledger import LedgerView
 
 PREFIX = "token_economy_"
@@ -35,7 +36,9 @@ BUILD_LABELS = (
 
 Labels = tuple[str, ...]
 # Counter and gauge families give one value per label set; summaries give (count, sum).
-Samples = Mapping[Labels, float] | Mapping[Labels, tuple[float, float]]
+Sample = tuple[Labels, float]
+SummarySample = tuple[Labels, tuple[float, float]]
+Samples = Iterable[Sample] | Iterable[SummarySample]
 
 
 class Kind(StrEnum):
@@ -131,23 +134,24 @@ class Catalogue:
         return None
 
 
-def _one(value: float) -> Samples:
-    return {(): value}
+def _one(value: float) -> list[Sample]:
+    return [((), value)]
 
 
-def _by(mapping: Mapping[str, float]) -> Samples:
-    return {(key,): value for key, value in mapping.items()}
+def _by(mapping: Mapping[str, float]) -> list[Sample]:
+    return [((key,), value) for key, value in mapping.items()]
 
 
-def _per_model(view: LedgerView, value: float) -> Samples:
-    return {(model,): value for model in view.models}
+def _per_model(view: LedgerView, value: float) -> list[Sample]:
+    return [((model,), value) for model in view.models]
 
 
 def _price(pick: Callable[[Prices], float], with_currency: bool) -> ValueOf:
-    def value(_: LedgerView, c: Constants) -> Samples | None:
+    def value(_: LedgerView, c: Constants) -> list[Sample] | None:
         if c.prices is None:
             return None
-        return {(c.currency,) if with_currency else (): pick(c.prices)}
+        labels: Labels = (c.currency,) if with_currency else ()
+        return [(labels, pick(c.prices))]
 
     return value
 
@@ -157,20 +161,24 @@ MODEL_DRIVER = ("model_name", "driver")
 MODEL = ("model_name",)
 
 
-def _gpus(mapping: Mapping[GpuIdentity, float]) -> Samples:
-    return {gpu.labels: value for gpu, value in mapping.items()}
+def _gpus(mapping: Mapping[GpuIdentity, float]) -> list[Sample]:
+    return [(gpu.labels, value) for gpu, value in mapping.items()]
 
 
-def _cost(view: LedgerView, c: Constants) -> Samples:
-    return {(model, cls, component, c.currency): value for (model, cls, component), value in view.cost.items()}
+def _cost(view: LedgerView, c: Constants) -> list[Sample]:
+    return [((model, cls, component, c.currency), value) for (model, cls, component), value in view.cost.items()]
 
 
-def _per_driver(view: LedgerView, index: int) -> Samples:
-    return {(m, driver): pair[index] for m in view.models for driver, pair in view.coefficients.items()}
+def _per_driver(view: LedgerView, index: int) -> list[Sample]:
+    return [((m, driver), pair[index]) for m in view.models for driver, pair in view.coefficients.items()]
 
 
-def _reads(view: LedgerView, _: Constants) -> Samples:
-    return {(source,): (view.reads[source], view.read_seconds[source]) for source in view.reads}
+def _paired(mapping: Mapping[ClassKey, tuple[float, float]], index: int) -> list[Sample]:
+    return [(key, pair[index]) for key, pair in mapping.items()]
+
+
+def _reads(view: LedgerView, _: Constants) -> list[SummarySample]:
+    return [((source,), (view.reads[source], view.read_seconds[source])) for source in view.reads]
 
 
 # fmt: off
@@ -178,7 +186,7 @@ CATALOGUE = Catalogue((
     Family(
         "tokens_total", Kind.COUNTER, MODEL_CLASS,
         "Tokens seen by vLLM, by class (input computed, cached_input, output).",
-        lambda v, c: v.tokens,
+        lambda v, c: v.tokens.items(),
         readme="tokens seen, mirrored from vLLM's counters (summed over engines)",
     ),
     Family(
@@ -190,7 +198,7 @@ CATALOGUE = Catalogue((
     Family(
         "energy_joules_total", Kind.COUNTER, MODEL_CLASS,
         "GPU energy attributed to each token class and idle; the classes sum to the measured total.",
-        lambda v, c: v.energy,
+        lambda v, c: v.energy.items(),
         readme="attributed GPU energy; the classes sum to the measured total",
         readme_labels="model_name, token_class (input, cached_input, output, idle)",
     ),
@@ -228,20 +236,20 @@ CATALOGUE = Catalogue((
     Family(
         "emissions_grams_total", Kind.COUNTER, MODEL_CLASS,
         "CO2-equivalent attributed to each token class and idle.",
-        lambda v, c: v.emissions,
+        lambda v, c: v.emissions.items(),
         readme="attributed CO2-equivalent",
     ),
     Family(
         "marginal_energy_joules_per_token", Kind.GAUGE, MODEL_CLASS,
         "Marginal energy of one more token of the class.",
-        lambda v, c: {key: pair[0] for key, pair in v.marginal.items()},
+        lambda v, c: _paired(v.marginal, 0),
         readme="marginal energy of one more token; output includes its share of the per-step cost",
         readme_labels="model_name, token_class (input, cached_input, output)",
     ),
     Family(
         "marginal_energy_joules_per_token_stddev", Kind.GAUGE, MODEL_CLASS,
         "Standard deviation of the marginal energy.",
-        lambda v, c: {key: pair[1] for key, pair in v.marginal.items()},
+        lambda v, c: _paired(v.marginal, 1),
         readme="its standard deviation",
     ),
     Family(
@@ -300,7 +308,7 @@ CATALOGUE = Catalogue((
     Family(
         "source_errors_total", Kind.COUNTER, ("source", "reason"),
         "Failed reads by source and cause.",
-        lambda v, c: v.source_errors,
+        lambda v, c: v.source_errors.items(),
         readme="failed reads by cause (`connection`, `timeout`, `http_status`, `too_large`, `parse`, `nvml_*`, "
         "`internal`); the known vLLM causes start at 0",
     ),
@@ -319,7 +327,7 @@ CATALOGUE = Catalogue((
     Family(
         "tick_duration_seconds", Kind.SUMMARY, (),
         "Time spent in one collection tick.",
-        lambda v, c: {(): (v.ticks, v.tick_seconds)},
+        lambda v, c: [((), (v.ticks, v.tick_seconds))],
         readme="time spent in one tick",
     ),
     Family(
@@ -356,7 +364,7 @@ CATALOGUE = Catalogue((
     Family(
         "build_info", Kind.GAUGE, BUILD_LABELS,
         "Version and attribution policy; always 1.",
-        lambda v, c: {tuple(c.build.get(k, "") for k in BUILD_LABELS): 1.0},
+        lambda v, c: [(tuple(c.build.get(k, "") for k in BUILD_LABELS), 1.0)],
         readme="constant 1",
         readme_labels="version, energy_source, gpu_type, model_spec, prior, estimator, "
         "electricity (counted, excluded, unpriced), static_power_policy, step_cost_policy, currency, python_version",

@@ -12,7 +12,15 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from exporter import __version__
-from exporter.config import CONFIG_FILE_ENV, Settings, describe_errors, env_name, flag_name, load_settings
+from exporter.config import (
+    CONFIG_FILE_ENV,
+    Settings,
+    default_text,
+    describe_errors,
+    env_name,
+    flag_name,
+    load_settings,
+)
 
 EXIT_USAGE = 2
 
@@ -31,13 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", metavar="FILE", help=f"TOML file of settings (also {CONFIG_FILE_ENV})")
     for name, field in Settings.model_fields.items():
-        default = field.default
         run.add_argument(
             flag_name(name),
             dest=name,
             metavar=name.upper(),
             default=None,
-            help=f"{field.description} [{env_name(name)}; default: {getattr(default, 'value', default)}]",
+            help=f"{field.description} [{env_name(name)}; default: {default_text(name)}]",
         )
     simulate = commands.add_parser(
         "simulate",

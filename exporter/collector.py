@@ -3,13 +3,24 @@ vLLM request happens here, and no lock is taken: the ledger's view is immutable.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import cast
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from exporter.attribution.pricing import Prices
-from exporter.catalogue import BUILD_LABELS, CATALOGUE, Catalogue, Constants, Family, Kind, Samples
+from exporter.catalogue import (
+    BUILD_LABELS,
+    CATALOGUE,
+    Catalogue,
+    Constants,
+    Family,
+    Kind,
+    Sample,
+    Samples,
+    SummarySample,
+)
 from exporter.ledger import Ledger
 
 
@@ -24,12 +35,12 @@ def _family(spec: Family) -> CounterMetricFamily | GaugeMetricFamily | SummaryMe
 
 def _render(spec: Family, samples: Samples) -> Metric:
     family = _family(spec)
-    for key, value in sorted(samples.items()):
-        if isinstance(family, SummaryMetricFamily):
-            count, total = value  # type: ignore[misc]
-            family.add_metric(list(key), count_value=count, sum_value=total)
-        else:
-            family.add_metric(list(key), value)  # type: ignore[arg-type]
+    if isinstance(family, SummaryMetricFamily):
+        for labels, (count, total) in sorted(cast(Iterable[SummarySample], samples)):
+            family.add_metric(list(labels), count_value=int(count), sum_value=total)
+    else:
+        for labels, value in sorted(cast(Iterable[Sample], samples)):
+            family.add_metric(list(labels), value)
     return family
 
 

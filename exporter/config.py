@@ -252,6 +252,36 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+# What a setting whose default is worked out at start-up defaults to, in words (`run --help`, README).
+COMPUTED_DEFAULTS = {
+    "vllm_timeout": "min(2 s, 0.8 × interval)",
+    "gpus": "found at start-up",
+    "gpu_type": "from NVML, else H100",
+    "gpu_count": "the GPUs found, else 1",
+    "idle_watts": "GPU table",
+    "prefill_watts": "GPU table",
+    "decode_watts": "GPU table",
+    "model_dir": "none",
+    "model_params": "from config.json, else 8e9",
+    "bytes_per_param": "from config.json, else 2",
+    "input_joules_per_token": "roofline",
+    "cached_input_joules_per_token": "roofline",
+    "output_joules_per_token": "roofline",
+    "step_joules": "roofline",
+    "kv_joules_per_token": "roofline",
+}
+
+
+def default_text(field: str) -> str:
+    """A setting's default as people read it: its value, or how start-up works it out."""
+    if field in COMPUTED_DEFAULTS:
+        return COMPUTED_DEFAULTS[field]
+    default = Settings.model_fields[field].default
+    if isinstance(default, bool):
+        return str(default).lower()
+    return str(getattr(default, "value", default))
+
+
 def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 

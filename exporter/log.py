@@ -6,6 +6,7 @@ import logging
 import sys
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -27,8 +28,9 @@ def configure(log_format: str = "json", level: str = "info") -> None:
     )
 
 
-def get_logger(**context: object) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger("token_economy_exporter").bind(**context)
+def get_logger(**context: object) -> FilteringBoundLogger:
+    logger: FilteringBoundLogger = structlog.get_logger("token_economy_exporter").bind(**context)
+    return logger
 
 
 class Episode:
@@ -37,7 +39,7 @@ class Episode:
 
     __slots__ = ("_failures", "_log", "_reason", "_source")
 
-    def __init__(self, log, source: str) -> None:
+    def __init__(self, log: FilteringBoundLogger, source: str) -> None:
         self._log = log
         self._source = source
         self._reason: str | None = None

@@ -116,7 +116,7 @@ class HttpServer:
 
     @property
     def port(self) -> int:
-        return self._sock.getsockname()[1]
+        return int(self._sock.getsockname()[1])
 
     def start(self) -> None:
         self._thread.start()

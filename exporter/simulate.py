@@ -8,10 +8,14 @@ import argparse
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
+from typing import Any
 
+from pydantic import ValidationError
+
+from exporter.app import App, StartupError, build
 from exporter.attribution.gpu_table import GPU_TABLE
-from exporter.attribution.token_class import CACHED_INPUT, IDLE, INPUT, OUTPUT
+from exporter.attribution.token_class import IDLE, TOKEN_CLASSES, TokenClass
 from exporter.config import Settings, describe_errors
 from exporter.sim import (
     COMPONENT,
@@ -19,6 +23,7 @@ from exporter.sim import (
     LLAMA_3_8B,
     PHASE,
     SCENARIOS,
+    MetricsServer,
     RealTimeDriver,
     SimEnergySource,
     Simulation,
@@ -28,34 +33,76 @@ from exporter.sources.energy import EnergySetup
 
 MODELS = {"llama-3-8b": LLAMA_3_8B, "llama-2-70b": LLAMA_2_70B}
 
+LEGEND = """\
+legend:
+  tokens       tokens of the class the exporter counted from vLLM's page
+  J/Mtok       energy allocated to the class per million of its tokens, idle excluded
+  <cur>/Mtok   cost allocated to the class per million of its tokens (rental follows GPU time)
+  share        the class's share of all measured energy, as the exporter allocates it
+  true share   the same share as the simulator's oracle knows it: the two columns should agree
+  identified   1 once the data, not the prior, decide the split between input and output
+  marginal J   the fitted cost of one unit of each driver ± its standard deviation, next to the true
+               one: input = a computed prompt token, output = an output token's own FLOPs (the
+               per-token part only: the J/Mtok above also carries the per-step weight stream and
+               the KV reads), step = one engine step (the weight stream), kv = one context token's
+               KV read"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after every option, and the legend as it is laid out."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="well_mixed")
-    parser.add_argument(
+    parser.formatter_class = _HelpFormatter
+    parser.epilog = _legend("USD")
+    arg = parser.add_argument
+    arg("--scenario", choices=sorted(SCENARIOS), default="well_mixed", help="traffic preset")
+    arg(
         "--truth",
         choices=(COMPONENT, PHASE),
         default=COMPONENT,
         help="ground truth: energy from FLOPs and bytes, or constant power per phase",
     )
-    parser.add_argument("--model", choices=sorted(MODELS), default="llama-3-8b")
-    parser.add_argument("--gpu-type", choices=sorted(GPU_TABLE), default="H100")
-    parser.add_argument("--gpus", type=int, default=1, help="tensor-parallel GPUs")
-    parser.add_argument("--speed", type=float, default=10.0, help="virtual seconds per wall second")
-    parser.add_argument("--duration", type=float, default=0.0, help="wall seconds to run; 0: until Ctrl-C")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--interval", type=float, default=1.0, help="exporter tick, wall seconds")
-    parser.add_argument("--refresh", type=float, default=2.0, help="seconds between summaries")
-    parser.add_argument("--listen-address", default="127.0.0.1:9477", help="the exporter's /metrics")
-    parser.add_argument("--gpu-hourly-price", type=float, default=3.0)
-    parser.add_argument("--currency", default="USD")
+    arg("--model", choices=sorted(MODELS), default="llama-3-8b", help="simulated model")
+    arg("--gpu-type", choices=sorted(GPU_TABLE), default="H100", help="simulated GPU")
+    arg("--gpus", type=int, default=1, help="tensor-parallel GPUs")
+    arg("--speed", type=float, default=10.0, help="virtual seconds per wall second")
+    arg("--duration", type=float, default=0.0, help="wall seconds to run; 0: until Ctrl-C")
+    arg("--seed", type=int, default=1, help="seed of the traffic and the faults")
+    arg("--interval", type=float, default=1.0, help="exporter tick, wall seconds")
+    arg("--refresh", type=float, default=2.0, help="seconds between summaries")
+    arg("--listen-address", default="127.0.0.1:9477", help="the exporter's /metrics")
+    arg("--vllm-port", type=int, default=0, help="port of the simulated vLLM page on 127.0.0.1; 0: any free port")
+    arg("--gpu-hourly-price", type=float, default=3.0, help="rental price of one GPU-hour")
+    arg("--currency", default="USD", help="ISO 4217 code of the price")
+
+
+def _legend(currency: str) -> str:
+    return LEGEND.replace("<cur>/Mtok   ", f"{currency + '/Mtok':<13}")
+
+
+def _fail(message: str) -> int:
+    print(f"token-economy-exporter: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _settings(args: argparse.Namespace, page: MetricsServer) -> Settings:
+    return Settings(
+        vllm_url=page.url,
+        listen_address=args.listen_address,
+        interval=args.interval,
+        gpu_hourly_price=args.gpu_hourly_price,
+        currency=args.currency,
+        log_format="console",
+        log_level="warning",
+        # The fit window is virtual time (the energy readings carry it).
+        fit_window_seconds=max(30.0, 5 * args.interval * args.speed),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from exporter.app import StartupError, build
-
     if args.speed <= 0 or args.gpus < 1 or args.interval <= 0:
-        print("token-economy-exporter: error: --speed, --gpus and --interval must be positive", file=sys.stderr)
-        return 2
+        return _fail("--speed, --gpus and --interval must be positive")
     model = MODELS[args.model]
     sim = Simulation(
         SCENARIOS[args.scenario](),
@@ -67,35 +114,20 @@ def run(args: argparse.Namespace) -> int:
         model_name=args.model,
     )
     driver = RealTimeDriver(sim, speed=args.speed)
-    page = serve_metrics(sim, 0, driver)
     try:
-        settings = Settings(
-            vllm_url=page.url,
-            listen_address=args.listen_address,
-            interval=args.interval,
-            gpu_hourly_price=args.gpu_hourly_price,
-            currency=args.currency,
-            log_format="console",
-            log_level="warning",
-            # The fit window is virtual time (the energy readings carry it).
-            fit_window_seconds=max(30.0, 5 * args.interval * args.speed),
-        )
-    except Exception as err:
-        lines = describe_errors(err) if hasattr(err, "errors") else [str(err)]
-        for line in lines:
-            print(f"token-economy-exporter: error: {line}", file=sys.stderr)
-        page.close()
-        return 2
-    energy = EnergySetup(SimEnergySource(sim, driver), "simulated", GPU_TABLE[args.gpu_type], args.gpus, None)
+        page = serve_metrics(sim, args.vllm_port, driver)
+    except OSError as err:
+        return _fail(f"--vllm-port {args.vllm_port}: {err.strerror or err}")
     try:
+        settings = _settings(args, page)
+        energy = EnergySetup(SimEnergySource(sim, driver), "simulated", GPU_TABLE[args.gpu_type], args.gpus, None)
         app = build(settings, energy=energy, model=model)
-    except StartupError as err:
-        print(f"token-economy-exporter: error: {err}", file=sys.stderr)
+    except ValidationError as err:
         page.close()
-        return 2
-    stop = threading.Event()
-    worker = threading.Thread(target=app.run, args=(stop,), name="exporter", daemon=True)
-    worker.start()
+        return _fail("; ".join(describe_errors(err)))
+    except StartupError as err:
+        page.close()
+        return _fail(str(err))
     print(
         f"simulated vLLM ({args.scenario}, {args.model} on {args.gpus}x{args.gpu_type}, truth={args.truth}, "
         f"{args.speed:g}x real time) at {page.url}/metrics",
@@ -103,37 +135,50 @@ def run(args: argparse.Namespace) -> int:
     )
     host = settings.listen_host_port[0].replace("0.0.0.0", "127.0.0.1")
     print(f"exporter at http://{host}:{app.server.port}/metrics", flush=True)
+    _serve(app, sim, page, args)
+    return 0
+
+
+def _serve(app: App, sim: Simulation, page: MetricsServer, args: argparse.Namespace) -> None:
+    stop = threading.Event()
+    worker = threading.Thread(target=app.run, args=(stop,), name="exporter", daemon=True)
+    worker.start()
     deadline = time.monotonic() + args.duration if args.duration else float("inf")
+    legend = _legend(args.currency)
     try:
         while time.monotonic() < deadline:
             time.sleep(max(min(args.refresh, deadline - time.monotonic()), 0.01))
             print(summary(app, sim, args.currency), flush=True)
+            if legend:  # once, under the first summary
+                print(legend, flush=True)
+                legend = ""
     except KeyboardInterrupt:
         pass
     finally:
         stop.set()
         worker.join(10)
         page.close()
-    return 0
 
 
-def summary(app, sim: Simulation, currency: str) -> str:
+def _by_class(items: Iterable[tuple[tuple[Any, ...], float]]) -> dict[TokenClass, float]:
+    """Sum over models (and cost components): keys hold the class second."""
+    totals = dict.fromkeys(TokenClass, 0.0)
+    for key, value in items:
+        totals[key[1]] += value
+    return totals
+
+
+def summary(app: App, sim: Simulation, currency: str) -> str:
     view = app.ledger.view()
     truth = sim.oracle_totals()
-    energy = {
-        cls: sum(v for (_, c), v in view.energy.items() if c == cls) for cls in (INPUT, CACHED_INPUT, OUTPUT, IDLE)
-    }
-    tokens = {cls: sum(v for (_, c), v in view.tokens.items() if c == cls) for cls in (INPUT, CACHED_INPUT, OUTPUT)}
-    cost = {
-        cls: sum(v for (_, c, _), v in view.cost.items() if c == cls) for cls in (INPUT, CACHED_INPUT, OUTPUT, IDLE)
-    }
+    energy, tokens, cost = _by_class(view.energy.items()), _by_class(view.tokens.items()), _by_class(view.cost.items())
     total = sum(energy.values())
     lines = [
         f"--- virtual t={truth.time:7.0f} s   measured {total / 3.6e6 * 1000:9.3f} Wh   "
-        f"idle share {energy[IDLE] / total if total else 0:6.1%}   identified={int(view.identified)}"
+        f"idle share {energy[IDLE] / total if total else 0:6.1%}   identified={int(view.identified)}",
+        f"{'class':<13}{'tokens':>12}{'J/Mtok':>14}{currency + '/Mtok':>12}{'share':>9}{'true share':>12}",
     ]
-    lines.append(f"{'class':<13}{'tokens':>12}{'J/Mtok':>14}{currency + '/Mtok':>12}{'share':>9}{'true share':>12}")
-    for cls in (INPUT, CACHED_INPUT, OUTPUT):
+    for cls in TOKEN_CLASSES:
         n = tokens[cls]
         j_per_m = energy[cls] / n * 1e6 if n else float("nan")
         c_per_m = cost[cls] / n * 1e6 if n else float("nan")
@@ -142,16 +187,17 @@ def summary(app, sim: Simulation, currency: str) -> str:
             f"{cls:<13}{n:>12.0f}{j_per_m:>14.4g}{c_per_m:>12.4g}"
             f"{energy[cls] / total if total else 0:>9.1%}{true_share:>12.1%}"
         )
-    true = sim.hardware.marginal_coefficients()
-    fitted = " ".join(
-        f"{driver}={value:.3g}±{sd:.2g} (true {getattr(true, driver):.3g})"
-        for driver, (value, sd) in sorted(view.coefficients.items())
-    )
-    lines.append(f"marginal J: {fitted}")
+    lines.append(f"marginal J: {_marginal(view.coefficients, sim)}")
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="token-economy-exporter simulate")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+def _marginal(coefficients: Mapping[str, tuple[float, float]], sim: Simulation) -> str:
+    try:
+        true = sim.hardware.marginal_coefficients()
+    except ValueError:  # the phase-power truth has no marginal cost per unit
+        true = None
+    parts = []
+    for driver, (value, sd) in sorted(coefficients.items()):
+        known = f"{getattr(true, driver):.3g}" if true is not None else "n/a"
+        parts.append(f"{driver}={value:.3g}±{sd:.2g} (true {known})")
+    return " ".join(parts)

@@ -6,6 +6,7 @@ source's job (`exporter.sources.model_config`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 _DTYPE_BYTES = {
     "float32": 4.0,
@@ -35,7 +36,7 @@ class ModelSpec:
 DEFAULT_PARAMS = 8e9  # an 8 B model, declared and visible in build_info when nothing better is known
 
 
-def from_config(config: dict, bytes_per_param: float | None = None) -> ModelSpec:
+def from_config(config: dict[str, Any], bytes_per_param: float | None = None) -> ModelSpec:
     """Count a decoder-only transformer's parameters from its Hugging Face config.json."""
     text = config.get("text_config") or config
     hidden = int(text["hidden_size"])

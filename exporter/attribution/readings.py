@@ -12,7 +12,7 @@ class GpuIdentity(NamedTuple):
     """One GPU as its labels name it: NVML's index, its UUID ("unknown" where nobody could read
     it) and its product name."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # NVML's word for it; tuple.index is never wanted here
     uuid: str
     name: str
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from exporter.attribution.readings import EnergySnapshot, GpuReading, VllmSnapshot
+from exporter.attribution.readings import EnergySnapshot, GpuIdentity, GpuReading, VllmSnapshot
 from exporter.sim.run import Simulation
 from exporter.sources.errors import SourceError
 from exporter.sources.vllm_page import parse
@@ -83,11 +83,11 @@ class SimEnergySource:
         self._rng = random.Random(f"{sim.seed if seed is None else seed}/energy-reads")
         name = f"NVIDIA {sim.gpu.key} (simulated)"
         self._identities = [
-            (i, f"GPU-5e5e5e5e-0000-4000-8000-{sim.seed % 10**6:06d}{i:06d}", name) for i in range(sim.gpus)
+            GpuIdentity(i, f"GPU-5e5e5e5e-0000-4000-8000-{sim.seed % 10**6:06d}{i:06d}", name) for i in range(sim.gpus)
         ]
 
     @property
-    def gpus(self) -> list[tuple[int, str, str]]:
+    def gpus(self) -> list[GpuIdentity]:
         return list(self._identities)
 
     @property
@@ -124,8 +124,8 @@ class MetricsServer:
         self._httpd = httpd
         self._thread = thread
         host, port = httpd.server_address[:2]
-        self.port = port
-        self.url = f"http://{host}:{port}"
+        self.port = int(port)
+        self.url = f"http://{host!s}:{port}"
 
     def close(self) -> None:
         self._httpd.shutdown()

@@ -284,7 +284,7 @@ class Workload:
         output = cls.output.sample(rng)
         prefix_id, prefix_len = -1, 0
         pool = self.scenario.prefixes
-        if self._prefix_lengths and rng.random() < pool.reuse:
+        if pool is not None and self._prefix_lengths and rng.random() < pool.reuse:
             prefix_id = rng.randrange(len(self._prefix_lengths))
             prefix_len = self._prefix_lengths[prefix_id]
         return self._new(arrival, prefix_len + prompt, output, prefix_id, prefix_len)
@@ -312,6 +312,8 @@ class Workload:
 
     def _draw_open(self, t: float) -> float:
         arrivals = self.scenario.arrivals
+        if not isinstance(arrivals, (Poisson, OnOff)):  # only open-loop arrivals are drawn
+            return math.inf
         nxt = t + self._rng.expovariate(arrivals.rate)
         if isinstance(arrivals, OnOff):
             cycle = arrivals.on_seconds + arrivals.off_seconds

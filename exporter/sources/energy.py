@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from structlog.typing import FilteringBoundLogger
 
@@ -85,10 +85,10 @@ def open_energy_source(
     environ = os.environ if environ is None else environ
     wanted = EnergyMode(options.energy_source)
     if wanted is EnergyMode.PHASE_MODEL:
-        selection = _select(options, environ, proc, lambda: None, log)
-        return _phase_model(options, clock, gpus=None, reasons=[], log=log, selection=selection)
+        declared = _select(options, environ, proc, lambda: None, log)
+        return _phase_model(options, clock, gpus=None, reasons=[], log=log, selection=declared)
 
-    selection = None
+    selection: GpuSelection | None = None
     try:
         module = _import_pynvml(pynvml_module)
         selection = _select(options, environ, proc, lambda: _visible_count(module), log)
@@ -144,10 +144,10 @@ def _import_pynvml(pynvml_module: ModuleType | None) -> ModuleType:
     if pynvml_module is not None:
         return pynvml_module
     try:
-        import pynvml
+        import pynvml  # deferred: the phase model must run without it
     except ImportError as err:
         raise NvmlUnavailable("pynvml_missing", f"cannot import pynvml (nvidia-ml-py): {err}") from err
-    return pynvml
+    return cast(ModuleType, pynvml)
 
 
 def _visible_count(nvml: Any) -> int | None:

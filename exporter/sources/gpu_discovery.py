@@ -21,6 +21,7 @@ tests point at fake trees.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -256,7 +257,7 @@ def find_vllm_gpus(proc: ProcTree, self_pid: int) -> VllmGpus:
             continue  # it exited meanwhile
         if not env:
             continue
-        found = vllm_gpus_from_environment(env, lambda path, pid=info.pid: proc.list_in_root(pid, path))
+        found = vllm_gpus_from_environment(env, functools.partial(proc.list_in_root, info.pid))
         answers.setdefault(found.gpus, []).append((info, found))
 
     named = {gpus: found for gpus, found in answers.items() if gpus}

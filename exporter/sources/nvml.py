@@ -216,7 +216,7 @@ class NvmlEnergySource:
             return False  # NotSupported: a GPU without MIG
         except AttributeError:
             return False  # bindings older than MIG
-        return current == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1)
+        return bool(current == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1))
 
     # -- power sampling ---------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ older vLLM releases are read as their current equivalents; a family that is abse
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterator
 
 from exporter.attribution.readings import EngineSample, VllmSnapshot
 from exporter.sources.errors import SourceError
@@ -47,7 +49,7 @@ def _labels(text: str) -> dict[str, str]:
     return {key: _unescape(value) for key, value in _LABEL.findall(text)}
 
 
-def _lines(text: str):
+def _lines(text: str) -> Iterator[tuple[str, str, str]]:
     """Yield (name, label text, value text) for each sample of a wanted family.
 
     One C-level substring search per family skips the hundreds of bucket lines without a
@@ -109,12 +111,10 @@ def parse(text: str, timestamp: float) -> VllmSnapshot:
 
 
 def _cache_tokens(labels: dict[str, str]) -> float | None:
-    for attempt in (
-        lambda: float(labels["kv_cache_size_tokens"]),
-        lambda: float(labels["num_gpu_blocks"]) * float(labels["block_size"]),
-    ):
+    """KV capacity in tokens: vLLM's own figure where it gives one, else blocks x block size."""
+    for factors in (("kv_cache_size_tokens",), ("num_gpu_blocks", "block_size")):
         try:
-            value = attempt()
+            value = math.prod(float(labels[name]) for name in factors)
         except (KeyError, ValueError):
             continue
         if value > 0:

@@ -11,7 +11,7 @@ from exporter.attribution.readings import GpuIdentity
 from exporter.attribution.split import Allocation
 from exporter.catalogue import BUILD_LABELS, CATALOGUE
 from exporter.collector import LedgerCollector
-from exporter.config import Settings, env_name, flag_name
+from exporter.config import Settings, default_text, env_name, flag_name
 from exporter.ledger import Ledger, SourceRead, TickRecord
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
@@ -52,3 +52,10 @@ def test_the_exposition_is_the_catalogue():
     registry.register(LedgerCollector(ledger, dict.fromkeys(BUILD_LABELS, "t"), Prices(3.0, 0.1, 1.2, 400.0)))
     exposed = set(re.findall(r"^# TYPE (\S+)", generate_latest(registry).decode(), re.M))
     assert exposed == {family.full_name for family in CATALOGUE}
+
+
+def test_the_settings_table_shows_the_defaults_that_run_help_shows():
+    rows = re.findall(r"^\| `--([a-z-]+)` \| `[A-Z_]+` \| ([^|]+) \|", README, re.M)
+    assert {flag.replace("-", "_") for flag, _ in rows} == set(Settings.model_fields)
+    for flag, default in rows:
+        assert default.strip().replace("`", "") == default_text(flag.replace("-", "_")), flag
