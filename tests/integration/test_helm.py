@@ -87,7 +87,7 @@ def test_the_rules_pass_promtool_and_the_dashboards_are_shipped(values, tmp_path
 def test_at_default_values_the_rules_are_exactly_deploy_prometheus():
     spec = one(render(), "PrometheusRule")["spec"]
     assert spec == source_rules(), (
-        "the chart's rules differ from deploy/prometheus (run scripts/sync-deploy-assets.py, "
+        "the chart's rules differ from deploy/prometheus (run python scripts/assets.py, "
         "and make values.yaml's prometheusRule.thresholds the file's literals)"
     )
 

@@ -86,7 +86,7 @@ def test_prometheus_operator_objects_are_valid(built):
 
 def test_the_prometheusrule_holds_the_rules_of_deploy_prometheus(built, tmp_path):
     spec = one(documents(built), "PrometheusRule")["spec"]
-    assert spec == source_rules(), "run scripts/sync-deploy-assets.py"
+    assert spec == source_rules(), "run python scripts/assets.py"
     assert "SUCCESS" in promtool_check(spec, tmp_path)
 
 

@@ -1,42 +1,26 @@
-"""The committed dashboard JSON is exactly what grafana/*.py builds, and it is well formed:
-units on every panel, legends shown, refIds set, every query filtered by the template variables.
-
-(That every query returns data from a real Prometheus scraping a real exporter is proven in
-tests/integration/test_dashboards_live.py.)"""
+"""The committed dashboard JSON is well formed: units on every panel, legends shown, refIds set,
+every query filtered by the template variables. (That it is exactly what grafana/*.py builds is
+checked with every other derived file by tests/unit/test_deploy_assets_sync.py, through
+scripts/assets.py's check; that every query returns data from a real Prometheus scraping a real
+exporter, by tests/integration/test_dashboards_live.py.)"""
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from grafana import generate
+from exporter.catalogue import CATALOGUE
+from tests.unit.test_deploy_assets_sync import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OVERVIEW = REPO_ROOT / "grafana" / "dashboards" / "token-economy-overview.json"
 
 # Exporter metrics that carry a model_name label (the others are per process: GPUs, sources, ticks).
-MODEL_METRICS = {
-    "token_economy_tokens_total",
-    "token_economy_engine_steps_total",
-    "token_economy_energy_joules_total",
-    "token_economy_busy_seconds_total",
-    "token_economy_cost_total",
-    "token_economy_emissions_grams_total",
-    "token_economy_marginal_energy_joules_per_token",
-    "token_economy_marginal_energy_joules_per_token_stddev",
-    "token_economy_marginal_energy_joules",
-    "token_economy_marginal_energy_joules_stddev",
-    "token_economy_attribution_residual_ratio",
-    "token_economy_idle_power_watts",
-    "token_economy_idle_power_measured",
-    "token_economy_attribution_identified",
-}
-SELECTOR = re.compile(r"\b(token_economy_[a-z_]+)(\{[^}]*\})?")
+MODEL_METRICS = {family.full_name for family in CATALOGUE if "model_name" in family.labels}
+SELECTOR = re.compile(r"\b(token_economy_[a-z0-9_]+)(\{[^}]*\})?")
 
 
 def dashboards() -> list[tuple[str, dict]]:
@@ -50,34 +34,8 @@ def panels(board: dict) -> list[dict]:
     return [p for p in board["panels"] if p["type"] != "row"]
 
 
-def test_committed_json_is_what_the_code_builds():
-    diffs = generate.drift()
-    assert not diffs, "run `python -m grafana.generate` and commit the result:\n" + "\n".join(diffs)
-
-
-def test_drift_check_notices_a_changed_file(tmp_path, monkeypatch):
-    """The drift check can fail: a committed file that differs by one character is reported."""
-    copy = tmp_path / OVERVIEW.name
-    copy.write_text(OVERVIEW.read_text().replace('"refresh": "30s"', '"refresh": "1m"', 1))
-    monkeypatch.setattr(generate, "DASHBOARD_DIR", tmp_path)
-    diffs = generate.drift()
-    assert len(diffs) == 1 and '-  "refresh": "1m"' in diffs[0] and '+  "refresh": "30s"' in diffs[0]
-
-
-def test_check_command_exits_0_when_in_sync():
-    result = subprocess.run(
-        [sys.executable, "-m", "grafana.generate", "--check"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 def test_every_dashboard_file_comes_from_the_code():
-    assert sorted(name for name, _ in dashboards()) == sorted(generate.DASHBOARDS)
+    assert sorted(name for name, _ in dashboards()) == sorted(load_script().DASHBOARDS)
 
 
 @pytest.mark.parametrize(("name", "board"), dashboards())
