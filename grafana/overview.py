@@ -5,8 +5,10 @@ whether or not the recording rules of deploy/prometheus/ are loaded; the formula
 the rules' (allocated and fully loaded cost per million tokens, idle shares: see the definitions
 at the top of deploy/prometheus/token-economy.rules.yml).
 
-Generate the JSON with `python -m grafana.generate`; a unit test fails when the committed JSON
-differs from what this module builds.
+Every series is named through the metric catalogue (`CATALOGUE.name`), so a family the exporter
+does not have fails at import. Write the JSON (and the chart's copy, and the dashboards' kustomize
+base) with `python scripts/assets.py`; a unit test runs its `--check` and fails when the committed
+JSON differs from what this module builds.
 """
 
 from __future__ import annotations
