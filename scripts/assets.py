@@ -28,7 +28,7 @@ deploy/kubernetes/prometheusrule.yaml stays a generated file.
 
 A dashboard JSON in grafana/dashboards/ or the chart that no builder in DASHBOARDS makes is
 stale: the check reports it and the write deletes it. Edit the sources, never the derived files:
-tests/unit/test_deploy_assets_sync.py runs the check.
+tests/unit/test_derived_assets.py runs the check.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The committed dashboard JSON is well formed: units on every panel, legends shown, refIds set,
 every query filtered by the template variables. (That it is exactly what grafana/*.py builds is
-checked with every other derived file by tests/unit/test_deploy_assets_sync.py, through
+checked with every other derived file by tests/unit/test_derived_assets.py, through
 scripts/assets.py's check; that every query returns data from a real Prometheus scraping a real
 exporter, by tests/integration/test_dashboards_live.py.)"""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from exporter.catalogue import CATALOGUE
-from tests.unit.test_deploy_assets_sync import load_script
+from tests.unit.test_derived_assets import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OVERVIEW = REPO_ROOT / "grafana" / "dashboards" / "token-economy-overview.json"
