@@ -10,7 +10,7 @@ import pytest
 from exporter.sources.errors import SourceError
 from exporter.sources.vllm import VllmSource
 
-PAGE = (Path(__file__).parents[2] / "fixtures" / "vllm-0.32-cpu-metrics.txt").read_bytes()
+PAGE = (Path(__file__).parents[1] / "fixtures" / "vllm-0.32-cpu-metrics.txt").read_bytes()
 
 
 class Behaviour:
