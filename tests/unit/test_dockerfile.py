@@ -1,87 +1,22 @@
 """The image recipe, checked without a container engine: the Dockerfile is parsed as Docker
-parses it (continuations, exec-form JSON) and its promises are checked one by one; its
-HEALTHCHECK command and ENTRYPOINT are then run for real against a live exporter."""
+parses it (continuations, exec-form JSON) and its promises are checked one by one. Its
+HEALTHCHECK command and ENTRYPOINT are run for real in tests/integration/test_dockerfile_healthcheck.py."""
 
-import json
-import os
 import re
-import shlex
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).parents[2]
-DOCKERFILE = ROOT / "Dockerfile"
-DOCKERIGNORE = ROOT / ".dockerignore"
-
-
-def instructions(text: str) -> list[tuple[str, str]]:
-    """(KEYWORD, arguments) in order, continuation lines joined, comments dropped."""
-    out, current = [], ""
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not current and (not stripped or stripped.startswith("#")):
-            continue
-        if current and stripped.startswith("#"):
-            continue  # a comment inside a continued instruction
-        if stripped.endswith("\\"):
-            current += stripped[:-1] + " "
-            continue
-        current += stripped
-        keyword, _, args = current.partition(" ")
-        out.append((keyword.upper(), args.strip()))
-        current = ""
-    assert not current, "the Dockerfile ends inside a continued line"
-    return out
-
-
-def stages(parsed):
-    result = []
-    for keyword, args in parsed:
-        if keyword == "FROM":
-            result.append([])
-        if result:
-            result[-1].append((keyword, args))
-    return result
-
-
-PARSED = instructions(DOCKERFILE.read_text())
-FINAL = stages(PARSED)[-1]
-
-
-def exec_form(args: str) -> list[str]:
-    try:
-        value = json.loads(args)
-    except json.JSONDecodeError:
-        pytest.fail(f"not exec form (a JSON array), so it would need a shell: {args}")
-    assert isinstance(value, list) and value and all(isinstance(v, str) for v in value), args
-    return value
-
-
-def final(keyword: str) -> list[str]:
-    return [args for kw, args in FINAL if kw == keyword]
-
-
-def env_of_final() -> dict[str, str]:
-    env = {}
-    for args in final("ENV"):
-        for item in shlex.split(args):
-            key, sep, value = item.partition("=")
-            assert sep, f"use ENV KEY=VALUE: {args}"
-            env[key] = value
-    return env
-
-
-def healthcheck_argv() -> list[str]:
-    (args,) = final("HEALTHCHECK")
-    options, sep, command = args.partition("CMD ")
-    assert sep, "HEALTHCHECK must run a command"
-    assert all(opt.startswith("--") for opt in options.split()), options
-    return exec_form(command.strip())
+from tests.dockerfile import (
+    DOCKERFILE,
+    DOCKERIGNORE,
+    FINAL,
+    PARSED,
+    ROOT,
+    env_of_final,
+    exec_form,
+    final,
+    healthcheck_argv,
+    stages,
+)
 
 
 def test_every_stage_builds_on_a_slim_python_3_11_or_newer():
@@ -173,44 +108,3 @@ def test_read_only_root_filesystem_is_possible():
     build = " ".join(a for kw, a in stages(PARSED)[0] if kw == "RUN")
     assert "compileall" in build, "without bytecode compiled at build time every start recompiles"
     assert not final("VOLUME"), "a VOLUME is a writable path the sidecar does not need"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def image_argv(argv: list[str]) -> list[str]:
-    # The image's interpreter is its venv's python; here it is this test's.
-    assert Path(argv[0]).name.startswith("python"), argv
-    return [sys.executable, *argv[1:]]
-
-
-def test_the_healthcheck_passes_against_a_running_exporter_and_fails_without_one(tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEN_ECONOMY_")}
-    env.update(env_of_final())
-    env.update(
-        PATH=os.environ.get("PATH", ""),
-        PYTHONPATH=str(ROOT),
-        TOKEN_ECONOMY_LISTEN_ADDRESS=f"127.0.0.1:{port}",
-        TOKEN_ECONOMY_ENERGY_SOURCE="phase-model",
-        TOKEN_ECONOMY_VLLM_URL=f"http://127.0.0.1:{free_port()}",
-        TOKEN_ECONOMY_INTERVAL="0.5",
-    )
-    check = image_argv(healthcheck_argv())
-    argv = image_argv(exec_form(final("ENTRYPOINT")[-1])) + exec_form(final("CMD")[-1])
-    exporter = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while subprocess.run(check, env=env, capture_output=True, timeout=10, check=False).returncode != 0:
-            assert exporter.poll() is None, exporter.stdout.read().decode()
-            assert time.monotonic() < deadline, "the HEALTHCHECK never passed"
-            time.sleep(0.2)
-    finally:
-        exporter.terminate()
-        exporter.wait(timeout=10)
-    assert exporter.returncode == 0
-    assert subprocess.run(check, env=env, capture_output=True, timeout=10, check=False).returncode != 0
-    assert list(tmp_path.iterdir()) == [], "the exporter wrote into its working directory"
