@@ -1,113 +1,23 @@
-"""The loop, the ledger, the collector and the HTTP server together, with scripted sources."""
+"""The loop, the ledger and the collector together, with scripted sources. The same loop
+behind the real HTTP server is tests/integration/test_loop_over_http.py."""
 
 import math
 import threading
-import urllib.error
-import urllib.request
 
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.attribution.attributor import Attributor
-from exporter.attribution.gpu_table import GPU_TABLE
-from exporter.attribution.idle import IdlePowerEstimator
-from exporter.attribution.model_spec import ModelSpec
-from exporter.attribution.pricing import Prices
-from exporter.attribution.prior import roofline_prior
-from exporter.attribution.readings import EnergySnapshot, EngineSample, GpuReading, VllmSnapshot
-from exporter.catalogue import BUILD_LABELS
 from exporter.collector import LedgerCollector
 from exporter.ledger import Ledger
-from exporter.loop import CollectionLoop
-from exporter.server import HttpServer, MetricsCache, Routes
 from exporter.sources.errors import SourceError
-
-BUILD = {**dict.fromkeys(BUILD_LABELS, "test"), "version": "t", "energy_source": "nvml", "currency": "EUR"}
-
-
-class ScriptedVllm:
-    def __init__(self):
-        self.t = 0.0
-        self.tokens = 0.0
-        self.fail: SourceError | None = None
-
-    def read(self):
-        if self.fail:
-            raise self.fail
-        return VllmSnapshot(
-            self.t,
-            (
-                EngineSample(
-                    "m",
-                    "0",
-                    prompt_tokens=self.tokens,
-                    generation_tokens=self.tokens / 2,
-                    computed_prompt_tokens=self.tokens,
-                    cached_prompt_tokens=0.0,
-                    steps=self.tokens / 4,
-                    requests_running=1.0 if self.tokens else 0.0,
-                ),
-            ),
-        )
-
-
-class ScriptedEnergy:
-    def __init__(self):
-        self.t = 0.0
-        self.joules = 0.0
-        self.gpu_error: str | None = None
-        self.raise_error: Exception | None = None
-
-    def read(self):
-        if self.raise_error:
-            raise self.raise_error
-        return EnergySnapshot(
-            self.t,
-            (
-                GpuReading(
-                    0,
-                    "GPU-a",
-                    "NVIDIA H100 80GB HBM3",
-                    None if self.gpu_error else self.joules,
-                    200.0,
-                    "counter",
-                    self.gpu_error,
-                ),
-                GpuReading(1, "GPU-b", "NVIDIA H100 80GB HBM3", self.joules, 200.0, "counter"),
-            ),
-        )
+from tests.loop_rig import BUILD, collection_rig, step
 
 
 @pytest.fixture
 def rig():
-    prior = roofline_prior(
-        GPU_TABLE["H100"],
-        2,
-        ModelSpec(8e9, 8e9, 2, 0, "t"),
-        compute_efficiency=0.5,
-        bandwidth_efficiency=0.7,
-        step_overhead_seconds=0.002,
-        relative_stddev=0.5,
-    )
-    attributor = Attributor(prior, IdlePowerEstimator(150, 10, 3), Prices(2.0, 0.0, 1.0, 300.0), 2)
-    ledger = Ledger()
-    vllm, energy = ScriptedVllm(), ScriptedEnergy()
-    clock = iter(range(10**6))
-    loop = CollectionLoop(
-        vllm,
-        energy,
-        attributor,
-        ledger,
-        structlog.get_logger(),
-        1.0,
-        clock=lambda: float(next(clock)) / 1000,
-        wall_clock=lambda: 1.7e9,
-    )
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(LedgerCollector(ledger, BUILD))
-    return loop, ledger, vllm, energy, registry
+    return collection_rig()
 
 
 def samples(registry):
@@ -120,12 +30,6 @@ def samples(registry):
 
 def value(metrics, name, **labels):
     return metrics[(name, tuple(sorted(labels.items())))]
-
-
-def step(loop, vllm, energy, t, tokens, joules):
-    vllm.t = energy.t = t
-    vllm.tokens, energy.joules = tokens, joules
-    loop.tick()
 
 
 def test_totals_conserve_energy_and_mirror_tokens(rig):
@@ -192,26 +96,6 @@ def test_an_unexpected_exception_in_a_source_never_escapes(rig):
     energy.raise_error = RuntimeError("library bug")
     loop.tick()
     assert value(samples(registry), "token_economy_source_errors_total", source="energy", reason="internal") == 1
-
-
-def test_routes_and_readiness(rig):
-    loop, ledger, vllm, energy, registry = rig
-    server = HttpServer("127.0.0.1", 0, Routes(MetricsCache(registry, ledger), ledger, "http://127.0.0.1:8000", "nvml"))
-    server.start()
-    base = f"http://127.0.0.1:{server.port}"
-    try:
-        assert urllib.request.urlopen(base + "/healthz").status == 200
-        with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(base + "/readyz")
-        assert err.value.code == 503
-        step(loop, vllm, energy, 0.0, 0, 0)
-        assert urllib.request.urlopen(base + "/readyz").status == 200
-        assert b"/metrics" in urllib.request.urlopen(base + "/").read()
-        assert b"token_economy_tick_duration_seconds_count" in urllib.request.urlopen(base + "/metrics").read()
-        with pytest.raises(urllib.error.HTTPError):
-            urllib.request.urlopen(base + "/nope")
-    finally:
-        server.stop()
 
 
 def test_run_stops_when_told(rig):
