@@ -1,9 +1,7 @@
-"""The simulator behind the exporter's own interfaces: the sources' snapshots, the page over
-HTTP read by the real vLLM source, a real-time driver, and the attribution core driven unchanged."""
+"""The simulator behind the exporter's own interfaces: the sources' snapshots and the attribution
+core driven unchanged. The page over HTTP and the real-time driver are
+tests/integration/test_sim_page_server.py."""
 
-import time
-
-import httpx
 import pytest
 
 from exporter.attribution.attributor import Attributor
@@ -15,15 +13,12 @@ from exporter.attribution.readings import EnergySnapshot, VllmSnapshot
 from exporter.sim import (
     LLAMA_3_8B,
     Faults,
-    RealTimeDriver,
     SimEnergySource,
     Simulation,
     SimVllmSource,
-    serve_metrics,
     well_mixed,
 )
 from exporter.sources.errors import SourceError
-from exporter.sources.vllm import VllmSource
 
 
 def test_the_sources_return_what_the_real_ones_return_stamped_with_virtual_time():
@@ -40,43 +35,6 @@ def test_the_sources_return_what_the_real_ones_return_stamped_with_virtual_time(
     assert all(lookup(g.name) is GPU_TABLE["H100"] and g.method == "counter" for g in joules.gpus)
     assert [(i, u, n) for i, u, n in energy.gpus] == [(g.index, g.uuid, g.name) for g in joules.gpus]
     assert energy.methods == {0: "counter", 1: "counter"}
-
-
-def test_the_page_is_served_over_http_and_read_by_the_real_vllm_source():
-    sim = Simulation(well_mixed(), "H100", LLAMA_3_8B, seed=1, faults=Faults(vllm_restarts=(20.0,)))
-    sim.advance_to(10.0)
-    with serve_metrics(sim) as server:
-        assert server.url.startswith("http://127.0.0.1:")
-        source = VllmSource(server.url, timeout=2.0)
-        snapshot = source.read()
-        assert snapshot.engines[0].generation_tokens == sim.counters.generation_tokens > 0
-        assert httpx.get(server.url + "/health").status_code == 200
-        assert httpx.get(server.url + "/nothing").status_code == 404
-        sim.advance_to(21.0)  # vLLM is down
-        with pytest.raises(SourceError) as err:
-            source.read()
-        assert err.value.reason == "connection"
-        sim.advance_to(30.0)
-        assert source.read().engines[0].created == pytest.approx(sim.epoch + 25.0, abs=1e-3)
-        source.close()
-
-
-def test_a_real_time_driver_moves_virtual_time_with_the_wall_clock():
-    sim = Simulation(well_mixed(), "H100", LLAMA_3_8B, seed=1)
-    wall = [100.0]
-    driver = RealTimeDriver(sim, speed=20.0, clock=lambda: wall[0])
-    energy = SimEnergySource(sim, driver=driver)
-    wall[0] += 0.5
-    assert energy.read().timestamp == pytest.approx(10.0)
-    wall[0] += 0.25
-    assert SimVllmSource(sim, driver=driver).read().timestamp == pytest.approx(15.0)
-    real = RealTimeDriver(Simulation(well_mixed(), "H100", LLAMA_3_8B, seed=1), speed=50.0)
-    with serve_metrics(real.sim, driver=real) as server:
-        httpx.get(server.url + "/metrics")
-        first = real.sim.now
-        time.sleep(0.2)
-        httpx.get(server.url + "/metrics")
-        assert real.sim.now - first >= 10.0
 
 
 def test_the_attribution_core_runs_on_the_simulator_unchanged_through_restarts_and_resets():
