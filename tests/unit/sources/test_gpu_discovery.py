@@ -1,12 +1,10 @@
 """GPU discovery without privilege: each branch of the order, against fake /proc trees built in
-tmp dirs (the files the kernel serves, in its formats), one real child process read through the
-real /proc, and the energy source opened on what discovery chose."""
+tmp dirs (the files the kernel serves, in its formats), and the energy source opened on what
+discovery chose. A real child process read through the real /proc is
+tests/integration/test_gpu_discovery_real_proc.py."""
 
 import errno
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -361,41 +359,6 @@ def test_a_vllm_without_gpu_variables_falls_back_with_the_reason(proc):
         and "does not narrow" in selection.warning
         and "pid 7" in selection.warning
     )
-
-
-# -- the real /proc ----------------------------------------------------------------------------
-
-
-def test_reads_a_real_process_through_the_real_proc():
-    env = {"PATH": os.environ.get("PATH", "/usr/bin"), "NVIDIA_VISIBLE_DEVICES": UUIDS[2], "CUDA_VISIBLE_DEVICES": ""}
-    # argv[0] "vllm", run by this Python, alive until its stdin closes.
-    child = subprocess.Popen(
-        ["vllm", "-c", "import sys; sys.stdin.read()", "serve"],
-        executable=sys.executable,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        tree = ProcTree()
-        deadline = time.monotonic() + 5
-        while (info := tree.process(child.pid)) is None or info.argv[0] != "vllm":
-            assert time.monotonic() < deadline, "the child never appeared in /proc"
-            time.sleep(0.01)
-        assert (
-            info.argv[0] == "vllm"
-            and info.argv[-1] == "serve"
-            and info.ppid == os.getpid()
-            and looks_like_vllm(info.argv)
-        )
-        assert tree.environ(child.pid)["NVIDIA_VISIBLE_DEVICES"] == UUIDS[2]
-        assert tree.uid(child.pid) == os.geteuid()
-        assert child.pid in tree.pids()
-        assert child.poll() is None
-    finally:
-        child.kill()
-        child.wait()
 
 
 # -- the energy source opens what discovery chose -------------------------------------------------
