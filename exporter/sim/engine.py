@@ -42,6 +42,7 @@ from exporter.sim.workload import Request
 WAITING, PREFILL, DECODE, DONE = 0, 1, 2, 3
 _NEED_BLOCK, _FINISH = 0, 1
 _NONE: tuple = ()
+_NO_ADMISSIONS = (0, 0, 0)  # queries, query hits, first hits of a step that admits nobody
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,9 +187,35 @@ class StepResult:
         self.kv_usage = kv_usage
         self.decode_context = decode_context  # KV tokens the decode tokens read (their computed context)
 
-    @property
-    def scheduled_tokens(self) -> int:
-        return self.prefill + self.decode
+
+class _Tally:
+    """The running totals of one step, from its chunks to its StepResult."""
+
+    __slots__ = (
+        "cached_credit",
+        "decode",
+        "decode_context",
+        "emitted",
+        "finished",
+        "first_tokens",
+        "hit",
+        "own",
+        "pairs",
+        "prefill",
+        "prompt_credit",
+        "recomputed",
+    )
+
+    def __init__(self, decode: int, decode_context: int) -> None:
+        self.decode = decode
+        self.decode_context = decode_context
+        self.emitted = decode  # every decoding sequence emits one token; completing prefills add theirs
+        self.prompt_credit = 0
+        self.cached_credit = 0
+        self.first_tokens: list | tuple = _NONE
+        self.finished: list | tuple = _NONE
+        self.prefill = self.own = self.hit = self.recomputed = 0  # set by Engine._run_chunks if any
+        self.pairs = 0.0
 
 
 class Engine:
@@ -231,9 +258,6 @@ class Engine:
     @property
     def used_blocks(self) -> int:
         return self.num_blocks - self.free_plain - len(self.evictable)
-
-    def in_flight(self) -> list[Seq]:
-        return list(self.running.values()) + list(self.waiting)
 
     # -- blocks -------------------------------------------------------------------------
 
@@ -307,16 +331,44 @@ class Engine:
         return self.running[next(reversed(self.running))]
 
     # -- one step -----------------------------------------------------------------------
+    # `step` runs the phases below in their order (the numbers of the module docstring, then the
+    # chunks, the finishing decodes and the result); what the chunks add up travels in a `_Tally`.
 
     def step(self, now: float = 0.0) -> StepResult | None:
         """Schedule and account one step starting at `now`; None when nothing can run."""
         s = self.step_no
-        bs = self.bs
-        heap = self.heap
-        running = self.running
-        preempted = 0
+        preempted = self._grant_decode_blocks(s)
+        budget = self.config.max_num_batched_tokens - len(self.decoding)
+        chunks: list[tuple[Seq, int, int]] = []  # (sequence, tokens, computed before the chunk)
+        if self.prefilling:
+            budget, preempted = self._continue_prefills(s, budget, chunks, preempted)
+        admitted = self._admit(now, budget, chunks) if self.waiting and not preempted else _NO_ADMISSIONS
 
-        # 1. Decoding sequences whose KV fills a block need a new one before this step.
+        decode = len(self.decoding)
+        if not chunks and decode == 0:
+            if preempted and self.waiting:
+                # Everything running was preempted: the next step admits again.
+                result = self.step(now)
+                if result is not None:
+                    result.preemptions += preempted
+                return result
+            return None
+
+        # The step runs. Decode context is what the decoding sequences have computed so far
+        # (before the prefills completing in this step join them).
+        tally = _Tally(decode, self._dec_a + decode * s)
+        if chunks:
+            self._run_chunks(s, chunks, tally)
+        self._finish_decodes(s, tally)
+        self.step_no = s + 1
+        return self._result(s, tally, len(chunks), preempted, admitted)
+
+    def _grant_decode_blocks(self, s: int) -> int:
+        """Decoding sequences whose KV fills their last block need a new one before this step.
+        When none is free, running requests are preempted from the back (the last admitted
+        first) until one is, or until the sequence itself was. Returns the preemptions."""
+        heap = self.heap
+        preempted = 0
         while heap and heap[0][0] == s and heap[0][1] == _NEED_BLOCK:
             _, _, _, seq, epoch = heappop(heap)
             if seq.epoch != epoch:
@@ -331,115 +383,118 @@ class Engine:
                     break
             else:
                 seq.blocks.append(None)
-                heappush(heap, (s + bs, _NEED_BLOCK, seq.rid, seq, epoch))
+                heappush(heap, (s + self.bs, _NEED_BLOCK, seq.rid, seq, epoch))
+        return preempted
 
-        budget = self.config.max_num_batched_tokens - len(self.decoding)
-        chunks: list[tuple[Seq, int, int]] = []
+    def _continue_prefills(
+        self, s: int, budget: int, chunks: list[tuple[Seq, int, int]], preempted: int
+    ) -> tuple[int, int]:
+        """Running sequences still in prefill continue, in admission order, with chunks from
+        the budget. One that needs blocks preempts from the back like a decoding one; once it
+        has preempted itself, no later prefill runs this step. Returns (budget, preempted)."""
+        bs = self.bs
+        for seq in list(self.prefilling.values()):
+            if budget <= 0:
+                break
+            if seq.state != PREFILL:  # preempted as a victim during this loop
+                continue
+            c = seq.computed
+            k = min(seq.target - c, budget)
+            need = -(-(c + k) // bs) - len(seq.blocks)
+            if need > 0:
+                while not self._alloc(need):
+                    victim = self._victim()
+                    self._preempt(victim, s)
+                    preempted += 1
+                    if victim is seq:
+                        return budget, preempted
+                seq.blocks.extend([None] * need)
+            if self.caching:
+                self._promote(seq, c + k)
+            chunks.append((seq, k, c))
+            budget -= k
+        return budget, preempted
 
-        # 2. Running sequences still in prefill continue.
-        if self.prefilling:
-            for seq in list(self.prefilling.values()):
-                if budget <= 0:
-                    break
-                if seq.state != PREFILL:  # preempted as a victim during this loop
-                    continue
-                c = seq.computed
-                k = min(seq.target - c, budget)
-                need = -(-(c + k) // bs) - len(seq.blocks)
-                if need > 0:
-                    gave_up = False
-                    while not self._alloc(need):
-                        victim = self._victim()
-                        self._preempt(victim, s)
-                        preempted += 1
-                        if victim is seq:
-                            gave_up = True
-                            break
-                    if gave_up:
-                        break
-                    seq.blocks.extend([None] * need)
-                if self.caching:
-                    self._promote(seq, c + k)
-                chunks.append((seq, k, c))
-                budget -= k
-
-        # 3. Admissions, unless this step had to preempt.
+    def _admit(self, now: float, budget: int, chunks: list[tuple[Seq, int, int]]) -> tuple[int, int, int]:
+        """Admit waiting requests in order while the budget, `max_num_seqs` and free blocks allow
+        (the head of the queue blocks the rest). Returns the prefix-cache queries and hits, in
+        tokens, and the hits of the requests scheduled for the first time."""
+        waiting, running, evictable = self.waiting, self.running, self.evictable
+        max_seqs = self.config.max_num_seqs
+        bs = self.bs
         queries = query_hits = first_hits = 0
-        if not preempted:
-            waiting = self.waiting
-            max_seqs = self.config.max_num_seqs
-            refs, evictable = self.refs, self.evictable
-            while waiting and budget > 0 and len(running) < max_seqs:
-                seq = waiting[0]
-                target = seq.target
-                hit_keys: list[int] = []
-                if self.caching:
-                    limit = (target - 1) // bs
-                    if seq.preemptions == 0:  # only a shared prefix can be cached already
-                        limit = min(limit, seq.prefix_blocks)
-                    for j in range(limit):
-                        key = self._key(seq, j)
-                        if key in refs or key in evictable:
-                            hit_keys.append(key)
-                        else:
-                            break
-                hits = len(hit_keys)
-                c = hits * bs
-                k = min(target - c, budget)
-                need = -(-(c + k) // bs) - hits
-                held = sum(1 for key in hit_keys if key in evictable)
-                if self.free_plain + len(evictable) - held < need:
-                    break
-                for key in hit_keys:
-                    if key in refs:
-                        refs[key] += 1
-                    else:
-                        del evictable[key]
-                        refs[key] = 1
-                self._alloc(need)
-                seq.blocks = hit_keys + [None] * need
-                seq.nhashed = hits
-                seq.computed = c
-                if not seq.scheduled:
-                    seq.scheduled = True
-                    seq.first_hits = c
-                    seq.high = c
-                    seq.scheduled_at = now
-                    first_hits += c
-                # Context read from the cache counts as cached input only for the prompt's first
-                # hits; a resumed sequence reading back its own blocks is recomputing input.
-                seq.hit_tokens = min(c, seq.first_hits)
-                queries += target
-                query_hits += c
-                waiting.popleft()
-                seq.state = PREFILL
-                running[seq.rid] = seq
-                self.prefilling[seq.rid] = seq
-                if self.caching:
-                    self._promote(seq, c + k)
-                chunks.append((seq, k, c))
-                budget -= k
+        while waiting and budget > 0 and len(running) < max_seqs:
+            seq = waiting[0]
+            target = seq.target
+            hit_keys = self._cached_blocks(seq, target) if self.caching else []
+            hits = len(hit_keys)
+            c = hits * bs
+            k = min(target - c, budget)
+            need = -(-(c + k) // bs) - hits
+            held = sum(1 for key in hit_keys if key in evictable)  # hits counted as free now
+            if self.free_plain + len(evictable) - held < need:
+                break
+            self._take_blocks(seq, hit_keys, need)
+            seq.computed = c
+            if not seq.scheduled:
+                seq.scheduled = True
+                seq.first_hits = c
+                seq.high = c
+                seq.scheduled_at = now
+                first_hits += c
+            # Context read from the cache counts as cached input only for the prompt's first
+            # hits; a resumed sequence reading back its own blocks is recomputing input.
+            seq.hit_tokens = min(c, seq.first_hits)
+            queries += target
+            query_hits += c
+            waiting.popleft()
+            seq.state = PREFILL
+            running[seq.rid] = seq
+            self.prefilling[seq.rid] = seq
+            if self.caching:
+                self._promote(seq, c + k)
+            chunks.append((seq, k, c))
+            budget -= k
+        return queries, query_hits, first_hits
 
-        decode = len(self.decoding)
-        if not chunks and decode == 0:
-            if preempted and self.waiting:
-                # Everything running was preempted: the next step admits again.
-                result = self.step(now)
-                if result is not None:
-                    result.preemptions += preempted
-                return result
-            return None
+    def _cached_blocks(self, seq: Seq, target: int) -> list[int]:
+        """The keys of the sequence's leading blocks found in the prefix cache. They cover at most
+        `target - 1` tokens, so at least one is computed; before any preemption only its shared
+        prefix can be cached."""
+        limit = (target - 1) // self.bs
+        if seq.preemptions == 0:
+            limit = min(limit, seq.prefix_blocks)
+        refs, evictable = self.refs, self.evictable
+        hit_keys: list[int] = []
+        for j in range(limit):
+            key = self._key(seq, j)
+            if key in refs or key in evictable:
+                hit_keys.append(key)
+            else:
+                break
+        return hit_keys
 
-        # The step runs. Decode context is what the decoding sequences have computed so far.
-        decode_context = self._dec_a + decode * s
+    def _take_blocks(self, seq: Seq, hit_keys: list[int], need: int) -> None:
+        """Give an admitted sequence its cached blocks (referenced, or taken back from the
+        evictable ones) followed by `need` new private ones; the caller checked they fit."""
+        refs, evictable = self.refs, self.evictable
+        for key in hit_keys:
+            if key in refs:
+                refs[key] += 1
+            else:
+                del evictable[key]
+                refs[key] = 1
+        self._alloc(need)
+        seq.blocks = hit_keys + [None] * need
+        seq.nhashed = len(hit_keys)
+
+    def _run_chunks(self, s: int, chunks: list[tuple[Seq, int, int]], t: _Tally) -> None:
+        """Account the step's prefill chunks: the hardware model's inputs (tokens computed, their
+        context read from the sequence's own KV or from cache hits, attention pairs), the
+        recomputation, and the prefills that complete."""
         prefill = own = hit = recomputed = 0
         pairs = 0.0
-        emitted = decode
-        prompt_credit = cached_credit = 0
-        first_tokens: list | tuple = _NONE
-        finished: list | tuple = _NONE
-        for seq, k, start in chunks:
-            c = start
+        for seq, k, c in chunks:
             prefill += k
             h = seq.hit_tokens
             hit += h
@@ -455,32 +510,41 @@ class Engine:
                 seq.high = hi
             else:
                 recomputed += k
-            c = end
-            seq.computed = c
-            if c == seq.target:  # the prefill completes: this step emits a token
-                seq.out += 1
-                emitted += 1
-                if seq.out == 1:
-                    prompt_credit += seq.prompt
-                    cached_credit += seq.first_hits
-                    if first_tokens is _NONE:
-                        first_tokens = []
-                    first_tokens.append(seq)
-                del self.prefilling[seq.rid]
-                if seq.out >= seq.output_len:
-                    if finished is _NONE:
-                        finished = []
-                    self._finish(seq, c, finished)
-                else:
-                    s0 = s + 1
-                    seq.s0, seq.c0 = s0, c
-                    seq.state = DECODE
-                    self.decoding[seq.rid] = seq
-                    self._dec_a += c - s0
-                    heappush(heap, (s0 + (-c) % bs, _NEED_BLOCK, seq.rid, seq, seq.epoch))
-                    heappush(heap, (s0 + seq.output_len - seq.out - 1, _FINISH, seq.rid, seq, seq.epoch))
+            seq.computed = end
+            if end == seq.target:
+                self._prefill_done(seq, s, end, t)
+        t.prefill, t.own, t.hit, t.pairs, t.recomputed = prefill, own, hit, pairs, recomputed
 
-        # Decoding sequences emitting their last token this step.
+    def _prefill_done(self, seq: Seq, s: int, c: int, t: _Tally) -> None:
+        """A prefill completes: this step emits its token (the request's first one, unless the
+        prefill recomputed a preempted sequence); then it finishes or decodes from the next step."""
+        seq.out += 1
+        t.emitted += 1
+        if seq.out == 1:
+            t.prompt_credit += seq.prompt
+            t.cached_credit += seq.first_hits
+            if t.first_tokens is _NONE:
+                t.first_tokens = []
+            t.first_tokens.append(seq)
+        del self.prefilling[seq.rid]
+        if seq.out >= seq.output_len:
+            if t.finished is _NONE:
+                t.finished = []
+            self._finish(seq, c, t.finished)
+            return
+        s0 = s + 1
+        seq.s0, seq.c0 = s0, c
+        seq.state = DECODE
+        self.decoding[seq.rid] = seq
+        self._dec_a += c - s0
+        heap = self.heap
+        heappush(heap, (s0 + (-c) % self.bs, _NEED_BLOCK, seq.rid, seq, seq.epoch))
+        heappush(heap, (s0 + seq.output_len - seq.out - 1, _FINISH, seq.rid, seq, seq.epoch))
+
+    def _finish_decodes(self, s: int, t: _Tally) -> None:
+        """Decoding sequences emitting their last token this step (this step's block grants left
+        the heap before scheduling, so what remains due now are finishes)."""
+        heap = self.heap
         while heap and heap[0][0] == s:
             _, _, _, seq, epoch = heappop(heap)
             if seq.epoch != epoch:
@@ -489,32 +553,33 @@ class Engine:
             seq.out += done
             del self.decoding[seq.rid]
             self._dec_a -= seq.c0 - seq.s0
-            if finished is _NONE:
-                finished = []
-            self._finish(seq, seq.c0 + done, finished)
+            if t.finished is _NONE:
+                t.finished = []
+            self._finish(seq, seq.c0 + done, t.finished)
 
-        self.step_no = s + 1
-        cost = self.hw.step(prefill, decode, own, hit, pairs, decode_context)
+    def _result(self, s: int, t: _Tally, chunks: int, preempted: int, admitted: tuple[int, int, int]) -> StepResult:
+        queries, query_hits, first_hits = admitted
+        cost = self.hw.step(t.prefill, t.decode, t.own, t.hit, t.pairs, t.decode_context)
         return StepResult(
             cost,
             s,
-            prefill,
-            recomputed,
-            decode,
-            len(chunks),
-            emitted,
-            prompt_credit,
-            cached_credit,
-            first_tokens,
+            t.prefill,
+            t.recomputed,
+            t.decode,
+            chunks,
+            t.emitted,
+            t.prompt_credit,
+            t.cached_credit,
+            t.first_tokens,
             preempted,
             queries,
             query_hits,
             first_hits,
-            finished,
-            len(running),
+            t.finished,
+            len(self.running),
             len(self.waiting),
             self.used_blocks / self.num_blocks,
-            decode_context,
+            t.decode_context,
         )
 
     def _finish(self, seq: Seq, computed: int, finished: list) -> None:
@@ -523,12 +588,6 @@ class Engine:
         seq.state = DONE
         seq.epoch += 1
         finished.append(seq)
-
-    def current_output(self, seq: Seq) -> int:
-        """Tokens the sequence has emitted so far."""
-        if seq.state == DECODE:
-            return seq.out + (self.step_no - seq.s0)
-        return seq.out
 
 
 __all__ = ["Engine", "EngineConfig", "Seq", "StepResult"]

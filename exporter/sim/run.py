@@ -88,6 +88,18 @@ def _gpu_spec(gpu: GpuSpec | str) -> GpuSpec:
     return spec
 
 
+def _fault_events(faults: Faults) -> list[tuple[float, int, int]]:
+    """The faults' events as a heap of (time, order, kind); at equal times restarts go first, in
+    their order, each one's end after its start, then driver resets."""
+    events: list[tuple[float, int, int]] = []
+    for i, t in enumerate(faults.vllm_restarts):
+        heappush(events, (float(t), 2 * i, _RESTART_DOWN))
+        heappush(events, (float(t) + faults.restart_downtime_seconds, 2 * i + 1, _RESTART_UP))
+    for i, t in enumerate(faults.driver_resets):
+        heappush(events, (float(t), 10**6 + i, _DRIVER_RESET))
+    return events
+
+
 class Simulation:
     """A seeded simulation of one vLLM engine on `gpus` tensor-parallel GPUs.
 
@@ -122,27 +134,50 @@ class Simulation:
         self.model_name = model_name
         self.engine_label = engine_label
         self.epoch = epoch
-        self.hardware = HardwareModel(self.gpu, model, gpus, truth, roofline)
-        self.num_gpu_blocks = engine.num_gpu_blocks or self.hardware.kv_cache_blocks(
-            engine.block_size, engine.gpu_memory_utilization
-        )
         self.lock = threading.RLock()
+        self._build_engine(truth, roofline)
+        self._build_meters()
+        self._start_accounts()
 
-        self.workload = Workload(scenario, seed)
-        self.engine = Engine(engine, self.hardware, self.num_gpu_blocks)
-        self.counters = VllmCounters(created=epoch)
-        gains = faults.gain if isinstance(faults.gain, tuple) else (float(faults.gain),) * gpus
-        self.meter = EnergyMeter(gpus, gains, random.Random(f"{seed}/nvml"), faults.counter_period_seconds)
+        self._events = _fault_events(faults)
+        self._down_since: float | None = None
+        self._lost_in_restart = 0
+        self.restarts = 0  # vLLM restarts completed
+        self.lost_requests = 0  # requests in flight when vLLM died
+
+        self.trace = trace
+        self.step_trace: list[StepTrace] = []
+        self.finished: list[Seq] = []  # finished requests, with trace=True
+
+    def _build_engine(self, truth: str, roofline: Roofline) -> None:
+        """The hardware model, the KV blocks (unless configured, what fits beside the weights), the
+        workload and the engine."""
+        config = self.config
+        self.hardware = HardwareModel(self.gpu, self.model, self.gpus, truth, roofline)
+        self.num_gpu_blocks = config.num_gpu_blocks or self.hardware.kv_cache_blocks(
+            config.block_size, config.gpu_memory_utilization
+        )
+        self.workload = Workload(self.scenario, self.seed)
+        self.engine = Engine(config, self.hardware, self.num_gpu_blocks)
+
+    def _build_meters(self) -> None:
+        """vLLM's counters, the GPUs' NVML energy counters, and the cache config vLLM's page shows."""
+        config, faults = self.config, self.faults
+        self.counters = VllmCounters(created=self.epoch)
+        gains = faults.gain if isinstance(faults.gain, tuple) else (float(faults.gain),) * self.gpus
+        self.meter = EnergyMeter(self.gpus, gains, random.Random(f"{self.seed}/nvml"), faults.counter_period_seconds)
         self.cache_config = {
-            "block_size": str(engine.block_size),
+            "block_size": str(config.block_size),
             "cache_dtype": "auto",
-            "enable_prefix_caching": str(engine.enable_prefix_caching),
-            "gpu_memory_utilization": str(engine.gpu_memory_utilization),
-            "kv_cache_size_tokens": str(self.num_gpu_blocks * engine.block_size),
+            "enable_prefix_caching": str(config.enable_prefix_caching),
+            "gpu_memory_utilization": str(config.gpu_memory_utilization),
+            "kv_cache_size_tokens": str(self.num_gpu_blocks * config.block_size),
             "num_cpu_blocks": "None",
             "num_gpu_blocks": str(self.num_gpu_blocks),
         }
 
+    def _start_accounts(self) -> None:
+        """The clock at 0 with nothing in flight, and the oracle's totals at zero."""
         self._now = 0.0
         self._t_free = 0.0  # when the current segment started / the engine is next free
         self._cur: _Segment | None = None
@@ -153,32 +188,11 @@ class Simulation:
         self._steps = 0
         self._history: deque[list] = deque()  # [t0, t1, e0, power] per recent segment
 
-        self._events: list[tuple[float, int, int]] = []
-        for i, t in enumerate(faults.vllm_restarts):
-            heappush(self._events, (float(t), 2 * i, _RESTART_DOWN))
-            heappush(self._events, (float(t) + faults.restart_downtime_seconds, 2 * i + 1, _RESTART_UP))
-        for i, t in enumerate(faults.driver_resets):
-            heappush(self._events, (float(t), 10**6 + i, _DRIVER_RESET))
-        self._down_since: float | None = None
-        self._lost_in_restart = 0
-        self.restarts = 0  # vLLM restarts completed
-        self.lost_requests = 0  # requests in flight when vLLM died
-        self._rejected_before = 0  # by engines that restarts replaced
-
-        self.trace = trace
-        self.step_trace: list[StepTrace] = []
-        self.finished: list[Seq] = []  # finished requests, with trace=True
-
     # -- the clock ----------------------------------------------------------------------
 
     @property
     def now(self) -> float:
         return self._now
-
-    @property
-    def rejected_requests(self) -> int:
-        """Requests refused because prompt + output exceed what the engine can ever hold."""
-        return self._rejected_before + self.engine.rejected
 
     @property
     def vllm_up(self) -> bool:
@@ -335,7 +349,6 @@ class Simulation:
             if self._down_since is None:
                 return
             self._truncate(at)
-            self._rejected_before += self.engine.rejected
             self.engine = Engine(self.config, self.hardware, self.num_gpu_blocks)
             self.counters = VllmCounters(created=self.epoch + at)
             self.workload.on_restart(self._down_since, at, self._lost_in_restart)

@@ -1,5 +1,5 @@
-"""What the simulated server and GPUs show the outside world, with the real semantics of
-`../shared/design/attribution.md`:
+"""What the simulated server and GPUs show the outside world, with the real semantics of vLLM's
+counters and NVML's energy counter, as listed below:
 
 vLLM (`VllmCounters`, `render_page`): the families of vLLM 0.32's Prometheus page with the same
 names, `model_name` and `engine` labels, `# HELP`/`# TYPE` lines and `_created` samples, written
@@ -30,7 +30,6 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
 ITERATION_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
-PROMPT_SOURCES = ("local_compute", "local_cache_hit", "external_kv_transfer")
 FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
 
 
@@ -135,44 +134,22 @@ _HELP = {
 
 def render_page(c: VllmCounters, model_name: str, engine: str, cache_config: dict[str, str]) -> str:
     """vLLM's /metrics page for one engine (the families the exporter reads, and a few more)."""
-    base = {"engine": engine, "model_name": model_name}
-    out: list[str] = []
-    created_step = [0]
+    page = _Page(c.created, {"engine": engine, "model_name": model_name})
+    page.gauge("num_requests_running", c.running)
+    page.gauge("num_requests_waiting", c.waiting)
+    page.gauge("kv_cache_usage_perc", c.kv_usage)
+    _write_counters(page, c)
+    page.histogram("iteration_tokens_total", c.iteration_buckets, c.iteration_count, c.iteration_sum)
+    page.info("cache_config_info", {**cache_config, "engine": engine})
+    return "\n".join(page.lines) + "\n"
 
-    def labels(extra: dict[str, str] | None = None) -> str:
-        items = dict(base)
-        if extra:
-            items.update(extra)
-        return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(items.items())) + "}"
 
-    def created_value() -> str:
-        # Each family is registered a few microseconds after the previous one, as in a real page.
-        created_step[0] += 1
-        return go_float(c.created + 1.1e-5 * created_step[0])
-
-    def gauge(name: str, value: float) -> None:
-        out.append(f"# HELP vllm:{name} {_HELP[name]}")
-        out.append(f"# TYPE vllm:{name} gauge")
-        out.append(f"vllm:{name}{labels()} {go_float(value)}")
-
-    def counter(name: str, values: Sequence[tuple[dict[str, str] | None, float]]) -> None:
-        out.append(f"# HELP vllm:{name}_total {_HELP[name]}")
-        out.append(f"# TYPE vllm:{name}_total counter")
-        for extra, value in values:
-            out.append(f"vllm:{name}_total{labels(extra)} {go_float(value)}")
-        out.append(f"# HELP vllm:{name}_created {_HELP[name]}")
-        out.append(f"# TYPE vllm:{name}_created gauge")
-        for extra, _ in values:
-            out.append(f"vllm:{name}_created{labels(extra)} {created_value()}")
-
-    gauge("num_requests_running", c.running)
-    gauge("num_requests_waiting", c.waiting)
-    gauge("kv_cache_usage_perc", c.kv_usage)
-    counter("prefix_cache_queries", [(None, c.prefix_queries)])
-    counter("prefix_cache_hits", [(None, c.prefix_hits)])
-    counter("num_preemptions", [(None, c.preemptions)])
-    counter("prompt_tokens", [(None, c.prompt_tokens)])
-    counter(
+def _write_counters(page: _Page, c: VllmCounters) -> None:
+    page.counter("prefix_cache_queries", [(None, c.prefix_queries)])
+    page.counter("prefix_cache_hits", [(None, c.prefix_hits)])
+    page.counter("num_preemptions", [(None, c.preemptions)])
+    page.counter("prompt_tokens", [(None, c.prompt_tokens)])
+    page.counter(
         "prompt_tokens_by_source",
         [
             ({"source": "local_compute"}, c.computed_tokens),
@@ -180,32 +157,82 @@ def render_page(c: VllmCounters, model_name: str, engine: str, cache_config: dic
             ({"source": "external_kv_transfer"}, 0.0),
         ],
     )
-    counter("prompt_tokens_cached", [(None, c.cached_tokens)])
-    counter("generation_tokens", [(None, c.generation_tokens)])
-    counter(
+    page.counter("prompt_tokens_cached", [(None, c.cached_tokens)])
+    page.counter("generation_tokens", [(None, c.generation_tokens)])
+    page.counter(
         "request_success",
         [({"finished_reason": reason}, c.finished if reason == "length" else 0.0) for reason in FINISHED_REASONS],
     )
 
-    name = "iteration_tokens_total"
-    out.append(f"# HELP vllm:{name} {_HELP[name]}")
-    out.append(f"# TYPE vllm:{name} histogram")
-    cumulative = 0
-    for bound, count in zip((*ITERATION_BUCKETS, math.inf), c.iteration_buckets):
-        cumulative += count
-        out.append(f"vllm:{name}_bucket{labels({'le': go_float(bound)})} {go_float(cumulative)}")
-    out.append(f"vllm:{name}_count{labels()} {go_float(c.iteration_count)}")
-    out.append(f"vllm:{name}_sum{labels()} {go_float(c.iteration_sum)}")
-    out.append(f"# HELP vllm:{name}_created {_HELP[name]}")
-    out.append(f"# TYPE vllm:{name}_created gauge")
-    out.append(f"vllm:{name}_created{labels()} {created_value()}")
 
-    out.append(f"# HELP vllm:cache_config_info {_HELP['cache_config_info']}")
-    out.append("# TYPE vllm:cache_config_info gauge")
-    info_labels = sorted({**cache_config, "engine": engine}.items())
-    info = "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in info_labels) + "}"
-    out.append(f"vllm:cache_config_info{info} 1.0")
-    return "\n".join(out) + "\n"
+class _Page:
+    """One page being written, family by family, as prometheus_client writes them: `base` labels
+    on every sample (but the info family's), and `_created` times a few microseconds apart."""
+
+    __slots__ = ("base", "created", "families", "lines")
+
+    def __init__(self, created: float, base: dict[str, str]) -> None:
+        self.created = created
+        self.base = base
+        self.families = 0  # families given a `_created` time so far
+        self.lines: list[str] = []
+
+    def labels(self, extra: dict[str, str] | None = None) -> str:
+        items = dict(self.base)
+        if extra:
+            items.update(extra)
+        return _label_set(items)
+
+    def created_value(self) -> str:
+        # Each family is registered a few microseconds after the previous one, as in a real page.
+        self.families += 1
+        return go_float(self.created + 1.1e-5 * self.families)
+
+    def gauge(self, name: str, value: float) -> None:
+        self.lines += (
+            f"# HELP vllm:{name} {_HELP[name]}",
+            f"# TYPE vllm:{name} gauge",
+            f"vllm:{name}{self.labels()} {go_float(value)}",
+        )
+
+    def counter(self, name: str, values: Sequence[tuple[dict[str, str] | None, float]]) -> None:
+        """A counter's `_total` samples, one per label set, then their `_created` gauges."""
+        out = self.lines
+        out.append(f"# HELP vllm:{name}_total {_HELP[name]}")
+        out.append(f"# TYPE vllm:{name}_total counter")
+        for extra, value in values:
+            out.append(f"vllm:{name}_total{self.labels(extra)} {go_float(value)}")
+        out.append(f"# HELP vllm:{name}_created {_HELP[name]}")
+        out.append(f"# TYPE vllm:{name}_created gauge")
+        for extra, _ in values:
+            out.append(f"vllm:{name}_created{self.labels(extra)} {self.created_value()}")
+
+    def histogram(self, name: str, buckets: Sequence[int], count: int, total: int) -> None:
+        """A histogram over ITERATION_BUCKETS (`buckets`: per bucket, the last +Inf; not cumulative)."""
+        out = self.lines
+        out.append(f"# HELP vllm:{name} {_HELP[name]}")
+        out.append(f"# TYPE vllm:{name} histogram")
+        cumulative = 0
+        for bound, n in zip((*ITERATION_BUCKETS, math.inf), buckets):
+            cumulative += n
+            out.append(f"vllm:{name}_bucket{self.labels({'le': go_float(bound)})} {go_float(cumulative)}")
+        out.append(f"vllm:{name}_count{self.labels()} {go_float(count)}")
+        out.append(f"vllm:{name}_sum{self.labels()} {go_float(total)}")
+        out.append(f"# HELP vllm:{name}_created {_HELP[name]}")
+        out.append(f"# TYPE vllm:{name}_created gauge")
+        out.append(f"vllm:{name}_created{self.labels()} {self.created_value()}")
+
+    def info(self, name: str, labels: dict[str, str]) -> None:
+        """An info gauge (value 1) with exactly `labels`, as vLLM writes its config."""
+        self.lines += (
+            f"# HELP vllm:{name} {_HELP[name]}",
+            f"# TYPE vllm:{name} gauge",
+            f"vllm:{name}{_label_set(labels)} 1.0",
+        )
+
+
+def _label_set(labels: dict[str, str]) -> str:
+    return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(labels.items())) + "}"
 
 
 class EnergyMeter:
