@@ -33,6 +33,7 @@ O(1) plus its events.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush
 
@@ -41,7 +42,7 @@ from exporter.sim.workload import Request
 
 WAITING, PREFILL, DECODE, DONE = 0, 1, 2, 3
 _NEED_BLOCK, _FINISH = 0, 1
-_NONE: tuple = ()
+_NONE: tuple[Seq, ...] = ()  # shared by the steps in which no sequence starts or finishes
 _NO_ADMISSIONS = (0, 0, 0)  # queries, query hits, first hits of a step that admits nobody
 
 
@@ -102,7 +103,7 @@ class Seq:
         self.target = req.prompt_len  # tokens to compute before the next token is emitted
         self.computed = 0
         self.out = 0
-        self.blocks: list = []  # per block: its cache key, or None while private
+        self.blocks: list[int | None] = []  # per block: its cache key, or None while private
         self.nhashed = 0  # leading blocks already offered to the prefix cache
         self.state = WAITING
         self.epoch = 0  # bumped whenever heap entries about this sequence become stale
@@ -156,12 +157,12 @@ class StepResult:
         emitted: int,
         prompt_credit: int,
         cached_credit: int,
-        first_tokens: list | tuple,
+        first_tokens: Sequence[Seq],
         preemptions: int,
         queries: int,
         query_hits: int,
         first_hits: int,
-        finished: list | tuple,
+        finished: Sequence[Seq],
         running: int,
         waiting: int,
         kv_usage: float,
@@ -212,8 +213,8 @@ class _Tally:
         self.emitted = decode  # every decoding sequence emits one token; completing prefills add theirs
         self.prompt_credit = 0
         self.cached_credit = 0
-        self.first_tokens: list | tuple = _NONE
-        self.finished: list | tuple = _NONE
+        self.first_tokens: list[Seq] | None = None  # made only in the steps that need one
+        self.finished: list[Seq] | None = None
         self.prefill = self.own = self.hit = self.recomputed = 0  # set by Engine._run_chunks if any
         self.pairs = 0.0
 
@@ -232,7 +233,7 @@ class Engine:
         self.running: dict[int, Seq] = {}  # admission order: the last one is preempted first
         self.prefilling: dict[int, Seq] = {}
         self.decoding: dict[int, Seq] = {}
-        self.heap: list = []  # (step, kind, rid, seq, epoch)
+        self.heap: list[tuple[int, int, int, Seq, int]] = []  # (step, kind, rid, seq, epoch)
         self.step_no = 0
         self._dec_a = 0  # sum over decoding sequences of (c0 - s0): their context is _dec_a + n * step
         self.free_plain = num_blocks
@@ -523,12 +524,12 @@ class Engine:
         if seq.out == 1:
             t.prompt_credit += seq.prompt
             t.cached_credit += seq.first_hits
-            if t.first_tokens is _NONE:
+            if t.first_tokens is None:
                 t.first_tokens = []
             t.first_tokens.append(seq)
         del self.prefilling[seq.rid]
         if seq.out >= seq.output_len:
-            if t.finished is _NONE:
+            if t.finished is None:
                 t.finished = []
             self._finish(seq, c, t.finished)
             return
@@ -553,7 +554,7 @@ class Engine:
             seq.out += done
             del self.decoding[seq.rid]
             self._dec_a -= seq.c0 - seq.s0
-            if t.finished is _NONE:
+            if t.finished is None:
                 t.finished = []
             self._finish(seq, seq.c0 + done, t.finished)
 
@@ -570,19 +571,19 @@ class Engine:
             t.emitted,
             t.prompt_credit,
             t.cached_credit,
-            t.first_tokens,
+            t.first_tokens or _NONE,
             preempted,
             queries,
             query_hits,
             first_hits,
-            t.finished,
+            t.finished or _NONE,
             len(self.running),
             len(self.waiting),
             self.used_blocks / self.num_blocks,
             t.decode_context,
         )
 
-    def _finish(self, seq: Seq, computed: int, finished: list) -> None:
+    def _finish(self, seq: Seq, computed: int, finished: list[Seq]) -> None:
         self._free(seq, computed)
         del self.running[seq.rid]
         seq.state = DONE

@@ -75,7 +75,9 @@ class StepTrace(NamedTuple):
 class _Segment:
     __slots__ = ("e0", "entry", "power", "result", "t0", "t1")
 
-    def __init__(self, t0: float, t1: float, e0: float, power: float, result: StepResult | None, entry: list) -> None:
+    def __init__(
+        self, t0: float, t1: float, e0: float, power: float, result: StepResult | None, entry: list[float]
+    ) -> None:
         self.t0, self.t1, self.e0, self.power, self.result, self.entry = t0, t1, e0, power, result, entry
 
 
@@ -186,7 +188,7 @@ class Simulation:
         self._seconds = [0.0, 0.0, 0.0, 0.0]
         self._tokens = {INPUT: 0, CACHED_INPUT: 0, OUTPUT: 0, "recomputed": 0}
         self._steps = 0
-        self._history: deque[list] = deque()  # [t0, t1, e0, power] per recent segment
+        self._history: deque[list[float]] = deque()  # [t0, t1, e0, power] per recent segment
 
     # -- the clock ----------------------------------------------------------------------
 

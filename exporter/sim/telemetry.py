@@ -28,6 +28,10 @@ import math
 import random
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the engine makes the results this module counts; it never imports this one
+    from exporter.sim.engine import StepResult
 
 ITERATION_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
@@ -92,7 +96,7 @@ class VllmCounters:
         self.waiting = 0
         self.kv_usage = 0.0
 
-    def apply(self, r) -> None:
+    def apply(self, r: StepResult) -> None:
         """Process one step's outputs (an `engine.StepResult`)."""
         if r.emitted:
             tokens = r.prompt_credit + r.emitted
