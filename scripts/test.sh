@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # The test command: installs the real tools the suites use (each step is skipped when already
-# done), then runs pytest with the current python (`pip install -e '.[test]'` first).
+# done), checks lint, layout, types and derived files, then runs pytest with the current python
+# (`pip install -e '.[test]'` first).
 #
 #   bash scripts/test.sh [pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 cache=${TOKEN_ECONOMY_TOOLS_CACHE:-$HOME/.cache/token-economy-exporter}
+
+# The habits of a maintained project, first (seconds, and they need no tool): lint, layout, types, derived files.
+"$python" -m ruff check .
+"$python" -m ruff format --check .
+"$python" -m mypy
+"$python" scripts/assets.py --check
 
 # Prometheus, promtool and Alertmanager (Debian) for the rules, alerts and dashboard tests.
 if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then
