@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import TypeVar
 
 from exporter.attribution.attributor import TickResult
@@ -31,6 +32,16 @@ KNOWN_ERRORS = (
 SOURCES = ("vllm", "energy")
 
 K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _empty() -> Mapping[K, V]:
+    return MappingProxyType({})
+
+
+def _frozen(mapping: dict[K, V]) -> Mapping[K, V]:
+    """A read-only view of a mapping nobody else holds: views share what a tick did not change."""
+    return MappingProxyType(mapping)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,31 +67,32 @@ class TickRecord:
 
 @dataclass(frozen=True, slots=True)
 class LedgerView:
-    """Monotonic totals and latest gauges as of one tick. Never changed once published."""
+    """Monotonic totals and latest gauges as of one tick. Never changed once published: its
+    mappings are read-only, and the next view shares those this tick left alone."""
 
     version: int = 0  # changes with every publication: what a cached exposition is keyed on
-    tokens: Mapping[ClassKey, float] = field(default_factory=dict)
-    steps: Mapping[str, float] = field(default_factory=dict)
-    energy: Mapping[ClassKey, float] = field(default_factory=dict)
-    busy_seconds: Mapping[str, float] = field(default_factory=dict)
+    tokens: Mapping[ClassKey, float] = field(default_factory=_empty)
+    steps: Mapping[str, float] = field(default_factory=_empty)
+    energy: Mapping[ClassKey, float] = field(default_factory=_empty)
+    busy_seconds: Mapping[str, float] = field(default_factory=_empty)
     attributed_seconds: float = 0.0
-    gpu_energy: Mapping[GpuIdentity, float] = field(default_factory=dict)
-    gpu_power: Mapping[GpuIdentity, float] = field(default_factory=dict)
-    cost: Mapping[CostKey, float] = field(default_factory=dict)
-    emissions: Mapping[ClassKey, float] = field(default_factory=dict)
-    marginal: Mapping[ClassKey, tuple[float, float]] = field(default_factory=dict)
-    coefficients: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    gpu_energy: Mapping[GpuIdentity, float] = field(default_factory=_empty)
+    gpu_power: Mapping[GpuIdentity, float] = field(default_factory=_empty)
+    cost: Mapping[CostKey, float] = field(default_factory=_empty)
+    emissions: Mapping[ClassKey, float] = field(default_factory=_empty)
+    marginal: Mapping[ClassKey, tuple[float, float]] = field(default_factory=_empty)
+    coefficients: Mapping[str, tuple[float, float]] = field(default_factory=_empty)
     idle_watts: float = 0.0
     idle_measured: bool = False
     identified: bool = False
     residual_ratio: float | None = None
     fits: float = 0.0
     models: tuple[str, ...] = ()
-    source_up: Mapping[str, float] = field(default_factory=dict)
-    source_errors: Mapping[tuple[str, str], float] = field(default_factory=dict)
-    resets: Mapping[str, float] = field(default_factory=dict)
-    reads: Mapping[str, float] = field(default_factory=dict)
-    read_seconds: Mapping[str, float] = field(default_factory=dict)
+    source_up: Mapping[str, float] = field(default_factory=_empty)
+    source_errors: Mapping[tuple[str, str], float] = field(default_factory=_empty)
+    resets: Mapping[str, float] = field(default_factory=_empty)
+    reads: Mapping[str, float] = field(default_factory=_empty)
+    read_seconds: Mapping[str, float] = field(default_factory=_empty)
     ticks: float = 0.0
     tick_seconds: float = 0.0
     last_tick_unixtime: float = 0.0
@@ -90,9 +102,9 @@ class LedgerView:
     def initial(cls, sources: Iterable[str] = SOURCES) -> LedgerView:
         # Known causes start at zero, so rate() and dashboards see a series before the first failure.
         return cls(
-            source_up=dict.fromkeys(sources, 0.0),
-            resets=dict.fromkeys(sources, 0.0),
-            source_errors=dict.fromkeys(KNOWN_ERRORS, 0.0),
+            source_up=_frozen(dict.fromkeys(sources, 0.0)),
+            resets=_frozen(dict.fromkeys(sources, 0.0)),
+            source_errors=_frozen(dict.fromkeys(KNOWN_ERRORS, 0.0)),
         )
 
     def after(self, record: TickRecord) -> LedgerView:
@@ -106,10 +118,10 @@ class LedgerView:
         view = replace(
             self,
             version=self.version + 1,
-            source_up={**self.source_up, **{s: 1.0 if r.ok else 0.0 for s, r in record.reads.items()}},
+            source_up=_frozen({**self.source_up, **{s: 1.0 if r.ok else 0.0 for s, r in record.reads.items()}}),
             reads=_added(self.reads, dict.fromkeys(record.reads, 1.0)),
             read_seconds=_added(self.read_seconds, {s: r.seconds for s, r in record.reads.items()}),
-            source_errors=source_errors,
+            source_errors=_frozen(source_errors),
         )
         if record.result is None:
             return view
@@ -132,14 +144,14 @@ class LedgerView:
             tokens=_added(self.tokens, result.tokens),
             steps=_added(self.steps, result.steps),
             energy=_added(self.energy, allocation.energy) if allocation is not None else self.energy,
-            busy_seconds=busy,
+            busy_seconds=_frozen(busy),
             attributed_seconds=self.attributed_seconds + (result.seconds if allocation is not None else 0.0),
             gpu_energy=_added(self.gpu_energy, result.gpu_energy),
-            gpu_power={**self.gpu_power, **result.gpu_power},
+            gpu_power=_frozen({**self.gpu_power, **result.gpu_power}),
             cost=_added(self.cost, result.costs),
             emissions=_added(self.emissions, result.emissions),
-            marginal=dict(result.marginal),
-            coefficients=dict(result.coefficients),
+            marginal=_frozen(dict(result.marginal)),
+            coefficients=_frozen(dict(result.coefficients)),
             identified=result.identified,
             residual_ratio=result.residual_ratio,
             fits=result.fits,
@@ -150,7 +162,7 @@ class LedgerView:
         )
 
 
-def _added(totals: Mapping[K, float], increments: Mapping[K, float]) -> dict[K, float]:
+def _added(totals: Mapping[K, float], increments: Mapping[K, float]) -> Mapping[K, float]:
     """Totals plus increments; a series first seen with a zero increment starts at zero."""
     out = dict(totals)
     for key, value in increments.items():
@@ -158,7 +170,7 @@ def _added(totals: Mapping[K, float], increments: Mapping[K, float]) -> dict[K, 
             out[key] = out.get(key, 0.0) + value
         elif key not in out:
             out[key] = 0.0
-    return out
+    return _frozen(out)
 
 
 class Ledger:

@@ -64,7 +64,9 @@ class CollectionLoop:
         self._episodes["exporter"].succeeded()
         self._log_resets(result)
         ready = vllm is not None and energy is not None
-        self._ledger.publish(TickRecord(reads, result, (), self._clock() - started, self._wall(), ready))
+        self._ledger.publish(
+            TickRecord(reads, result, seconds=self._clock() - started, unixtime=self._wall(), ready=ready)
+        )
 
     def _log_resets(self, result: TickResult) -> None:
         if result.vllm_resets:
