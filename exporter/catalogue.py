@@ -48,8 +48,8 @@ class Kind(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Constants:
-    """What the exporter was started with, for the families that state it."""
+class Configured:
+    """What the exporter was started with, for the families that state it (build_info, prices)."""
 
     build: Mapping[str, str]  # build_info's labels
     prices: Prices | None = None
@@ -59,7 +59,7 @@ class Constants:
         return self.build.get("currency", "")
 
 
-ValueOf = Callable[[LedgerView, Constants], Samples | None]  # None: the family is absent this scrape
+ValueOf = Callable[[LedgerView, Configured], Samples | None]  # None: the family is absent this scrape
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +77,18 @@ class Family:
         return PREFIX + self.name
 
     @property
+    def exposed_names(self) -> tuple[str, ...]:
+        """The sample names a scrape shows for this family (what PromQL can select)."""
+        base = self.full_name.removesuffix("_total")
+        if self.kind is Kind.COUNTER:
+            return (base + "_total",)
+        if self.kind is Kind.SUMMARY:
+            return (base + "_count", base + "_sum")
+        return (base,)
+
+    @property
     def series_names(self) -> tuple[str, ...]:
-        """Every sample name the family exposes, as the registry reserves them."""
+        """Every sample name the registry reserves for the family (more than it exposes)."""
         base = self.full_name.removesuffix("_total")
         if self.kind is Kind.COUNTER:
             return (base, base + "_total", base + "_created")
@@ -127,9 +137,9 @@ class Catalogue:
         return "\n".join(rows) + "\n"
 
     def owner(self, series: str) -> Family | None:
-        """The family that exposes a sample name (`…_sum` of a summary, say), if any."""
+        """The family whose scrape shows a sample name (`…_sum` of a summary, say), if any."""
         for family in self._families:
-            if series in family.series_names:
+            if series in family.exposed_names:
                 return family
         return None
 
@@ -147,7 +157,7 @@ def _per_model(view: LedgerView, value: float) -> list[Sample]:
 
 
 def _price(pick: Callable[[Prices], float], with_currency: bool) -> ValueOf:
-    def value(_: LedgerView, c: Constants) -> list[Sample] | None:
+    def value(_: LedgerView, c: Configured) -> list[Sample] | None:
         if c.prices is None:
             return None
         labels: Labels = (c.currency,) if with_currency else ()
@@ -165,7 +175,7 @@ def _gpus(mapping: Mapping[GpuIdentity, float]) -> list[Sample]:
     return [(gpu.labels, value) for gpu, value in mapping.items()]
 
 
-def _cost(view: LedgerView, c: Constants) -> list[Sample]:
+def _cost(view: LedgerView, c: Configured) -> list[Sample]:
     return [((model, cls, component, c.currency), value) for (model, cls, component), value in view.cost.items()]
 
 
@@ -177,7 +187,7 @@ def _paired(mapping: Mapping[ClassKey, tuple[float, float]], index: int) -> list
     return [(key, pair[index]) for key, pair in mapping.items()]
 
 
-def _reads(view: LedgerView, _: Constants) -> list[SummarySample]:
+def _reads(view: LedgerView, _: Configured) -> list[SummarySample]:
     return [((source,), (view.reads[source], view.read_seconds[source])) for source in view.reads]
 
 
@@ -364,7 +374,7 @@ CATALOGUE = Catalogue((
     Family(
         "build_info", Kind.GAUGE, BUILD_LABELS,
         "Version and attribution policy; always 1.",
-        lambda v, c: [(tuple(c.build.get(k, "") for k in BUILD_LABELS), 1.0)],
+        lambda v, c: [(tuple(c.build[k] for k in BUILD_LABELS), 1.0)],
         readme="constant 1",
         readme_labels="version, energy_source, gpu_type, model_spec, prior, estimator, "
         "electricity (counted, excluded, unpriced), static_power_policy, step_cost_policy, currency, python_version",

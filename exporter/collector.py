@@ -14,7 +14,7 @@ from exporter.catalogue import (
     BUILD_LABELS,
     CATALOGUE,
     Catalogue,
-    Constants,
+    Configured,
     Family,
     Kind,
     Sample,
@@ -57,7 +57,7 @@ class LedgerCollector(Collector):
                 f"build_info takes exactly the labels {', '.join(BUILD_LABELS)}; got {sorted(build_labels)}"
             )
         self._ledger = ledger
-        self._constants = Constants(dict(build_labels), prices)
+        self._constants = Configured(dict(build_labels), prices)
         self._catalogue = catalogue
 
     def describe(self) -> list[Metric]:
