@@ -2,11 +2,11 @@
 Every test here runs with both refused; one that tries fails at once, naming what it tried.
 Tests that need a socket, a server or a child process belong in tests/integration.
 
-Refused: connect, connect_ex and bind on an AF_INET or AF_INET6 socket (so no client, no
-server, no port probe); subprocess.Popen and everything built on it (subprocess.run, os.popen,
-asyncio's subprocesses); the forks, spawns and execs of the os module; and the fork_exec that
-multiprocessing's spawn and forkserver use. Allowed: threads, and AF_UNIX sockets, such as the
-socket pairs asyncio and selectors wake themselves with.
+Refused: connect, connect_ex, bind and sendto on an AF_INET or AF_INET6 socket (so no client,
+no server, no port probe, no datagram), and name lookups; subprocess.Popen and everything built
+on it (subprocess.run, os.popen, asyncio's subprocesses); the forks, spawns and execs of the os
+module; and the fork_exec that multiprocessing's spawn and forkserver use. Allowed: threads, and
+AF_UNIX sockets, such as the socket pairs asyncio and selectors wake themselves with.
 
 The refusal is pytest.fail, which no `except Exception` catches; a violation that is caught
 anyway (a bare except, a thread that dies of it) still fails the test when it ends."""
@@ -64,8 +64,9 @@ def no_sockets_or_processes(request: pytest.FixtureRequest, monkeypatch: pytest.
 
         return guarded
 
-    for name in ("connect", "connect_ex", "bind"):
+    for name in ("connect", "connect_ex", "bind", "sendto"):
         monkeypatch.setattr(socket.socket, name, network_only(name))
+    monkeypatch.setattr(socket, "getaddrinfo", refused("a name lookup (getaddrinfo)"))
     monkeypatch.setattr(subprocess.Popen, "_execute_child", popen)
     monkeypatch.setattr(_posixsubprocess, "fork_exec", refused("a child process (fork_exec)"))
     for name in OS_PROCESS_CALLS:

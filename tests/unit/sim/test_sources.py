@@ -1,5 +1,5 @@
 """The simulator behind the exporter's own interfaces: the sources' snapshots and the attribution
-core driven unchanged. The page over HTTP and the real-time driver are
+core driven unchanged, and the real-time driver on a scripted clock. The page over HTTP is
 tests/integration/test_sim_page_server.py."""
 
 import pytest
@@ -13,12 +13,24 @@ from exporter.attribution.readings import EnergySnapshot, VllmSnapshot
 from exporter.sim import (
     LLAMA_3_8B,
     Faults,
+    RealTimeDriver,
     SimEnergySource,
     Simulation,
     SimVllmSource,
     well_mixed,
 )
 from exporter.sources.errors import SourceError
+
+
+def test_a_real_time_driver_moves_virtual_time_with_its_clock():
+    sim = Simulation(well_mixed(), "H100", LLAMA_3_8B, seed=1)
+    wall = [100.0]
+    driver = RealTimeDriver(sim, speed=20.0, clock=lambda: wall[0])
+    energy = SimEnergySource(sim, driver=driver)
+    wall[0] += 0.5
+    assert energy.read().timestamp == pytest.approx(10.0)
+    wall[0] += 0.25
+    assert SimVllmSource(sim, driver=driver).read().timestamp == pytest.approx(15.0)
 
 
 def test_the_sources_return_what_the_real_ones_return_stamped_with_virtual_time():
