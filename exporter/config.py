@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     vllm_url: str = Field("http://127.0.0.1:8000", description="Base URL of the vLLM OpenAI server.")
     vllm_metrics_path: str = Field("/metrics", description="Path of vLLM's Prometheus page.")
     vllm_timeout: float | None = Field(
-        None, gt=0, le=60, description="Seconds to wait for vLLM's page; default the smaller of 2 s and 0.8 x interval."
+        None, gt=0, le=60, description="Seconds to wait for vLLM's page; shorter than the interval."
     )
     vllm_max_response_bytes: int = Field(
         8 * 1024 * 1024, ge=64 * 1024, description="Larger pages are refused and counted as errors."
@@ -57,8 +57,8 @@ class Settings(BaseSettings):
     interval: float = Field(5.0, ge=0.1, le=3600, description="Seconds between collection ticks.")
     gpus: str | None = Field(
         None,
-        description="Comma-separated GPU indices or UUIDs; default CUDA_VISIBLE_DEVICES, "
-        "then NVIDIA_VISIBLE_DEVICES, else all GPUs.",
+        description="Comma-separated GPU indices or UUIDs; by default this process's CUDA_VISIBLE_DEVICES, "
+        "else vLLM's GPUs, else this process's NVIDIA_VISIBLE_DEVICES, else all it sees.",
     )
     energy_source: EnergyMode = Field(EnergyMode.AUTO, description="auto, nvml or phase-model.")
     power_sample_hz: float = Field(
@@ -75,9 +75,7 @@ class Settings(BaseSettings):
     decode_watts: float | None = Field(None, gt=0, description="Per-GPU power while decoding; overrides the GPU table.")
     model_dir: Path | None = Field(None, description="Directory holding the served model's config.json.")
     model_params: float | None = Field(None, gt=0, description="Active parameters of the model (e.g. 8e9).")
-    bytes_per_param: float | None = Field(
-        None, gt=0, le=8, description="Weight bytes per parameter; default from config.json, else 2."
-    )
+    bytes_per_param: float | None = Field(None, gt=0, le=8, description="Weight bytes per parameter (1 for FP8).")
     input_joules_per_token: float | None = Field(
         None, ge=0, description="Explicit marginal energy of a computed prompt token."
     )
@@ -255,7 +253,7 @@ def parse_listen_address(value: str) -> tuple[str, int]:
 # What a setting whose default is worked out at start-up defaults to, in words (`run --help`, README).
 COMPUTED_DEFAULTS = {
     "vllm_timeout": "min(2 s, 0.8 × interval)",
-    "gpus": "found at start-up",
+    "gpus": "found at start-up",  # the description says how
     "gpu_type": "from NVML, else H100",
     "gpu_count": "the GPUs found, else 1",
     "idle_watts": "GPU table",

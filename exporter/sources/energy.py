@@ -21,8 +21,6 @@ from exporter.sources.nvml import NvmlEnergySource, NvmlUnavailable
 from exporter.sources.phase_model import PhaseModelEnergySource
 
 DEFAULT_GPU = "H100"
-MODE_NVML = "nvml"
-MODE_PHASE_MODEL = "phase-model"
 
 
 class EnergyMode(StrEnum):
@@ -116,7 +114,7 @@ def _nvml_setup(
     if log is not None:
         log.info(
             "energy_source_opened",
-            mode=MODE_NVML,
+            mode=EnergyMode.NVML,
             gpus=[f"{gpu.index}:{gpu.uuid}" for gpu in source.gpus],
             methods=sorted(set(source.methods.values())),
             gpu_spec=spec.key,
@@ -124,7 +122,7 @@ def _nvml_setup(
             gpu_selection=selection.origin,
             gpu_selection_detail=selection.detail,
         )
-    return EnergySetup(source, MODE_NVML, spec, len(names), spec_reason, selection)
+    return EnergySetup(source, EnergyMode.NVML, spec, len(names), spec_reason, selection)
 
 
 def _select(
@@ -207,10 +205,10 @@ def _phase_model(
     if log is not None:
         log.info(
             "energy_source_opened",
-            mode=MODE_PHASE_MODEL,
+            mode=EnergyMode.PHASE_MODEL,
             gpus=len(identities),
             gpu_spec=spec.key,
             gpu_selection=selection.origin,
             gpu_selection_detail=selection.detail,
         )
-    return EnergySetup(source, MODE_PHASE_MODEL, spec, len(identities), "; ".join(reasons) or None, selection)
+    return EnergySetup(source, EnergyMode.PHASE_MODEL, spec, len(identities), "; ".join(reasons) or None, selection)

@@ -1,4 +1,5 @@
-"""The one error a source raises: a failed read, with a low-cardinality reason."""
+"""The one error a read raises: a failed read, with a low-cardinality reason. (Opening a source at
+start-up has errors of its own, such as NvmlUnavailable and EnergySourceError.)"""
 
 from __future__ import annotations
 

@@ -229,6 +229,9 @@ def vllm_gpus_from_environment(env: Mapping[str, str], list_dir: Callable[[str],
     return VllmGpus(None, described, f"vLLM's environment does not narrow its GPUs ({described})")
 
 
+_Answers = dict[tuple[str, ...] | None, list[tuple[ProcessInfo, VllmGpus]]]
+
+
 def find_vllm_gpus(proc: ProcTree, self_pid: int) -> VllmGpus:
     """The GPUs of the one vLLM server visible in `proc`, or the reason there is no answer."""
     candidates = [
@@ -243,9 +246,13 @@ def find_vllm_gpus(proc: ProcTree, self_pid: int) -> VllmGpus:
     # vLLM's engine and worker processes inherit the server's environment (and workers may
     # narrow CUDA_VISIBLE_DEVICES to one GPU each): ask the root of each vLLM process tree.
     pids = {info.pid for info in candidates}
-    roots = [info for info in candidates if info.ppid not in pids]
+    answers, denied = _ask_roots(proc, [info for info in candidates if info.ppid not in pids])
+    return _one_answer(answers) or _why_none(proc, answers, denied)
 
-    answers: dict[tuple[str, ...] | None, list[tuple[ProcessInfo, VllmGpus]]] = {}
+
+def _ask_roots(proc: ProcTree, roots: list[ProcessInfo]) -> tuple[_Answers, list[ProcessInfo]]:
+    """What each root's environment says, grouped by the GPUs it names; and whom we may not ask."""
+    answers: _Answers = {}
     denied: list[ProcessInfo] = []
     for info in roots:
         try:
@@ -259,7 +266,11 @@ def find_vllm_gpus(proc: ProcTree, self_pid: int) -> VllmGpus:
             continue
         found = vllm_gpus_from_environment(env, functools.partial(proc.list_in_root, info.pid))
         answers.setdefault(found.gpus, []).append((info, found))
+    return answers, denied
 
+
+def _one_answer(answers: _Answers) -> VllmGpus | None:
+    """The GPUs when the servers that name any agree; why not when they disagree; None if none names any."""
     named = {gpus: found for gpus, found in answers.items() if gpus}
     if len(named) == 1:
         (info, found), *_ = next(iter(named.values()))
@@ -268,6 +279,10 @@ def find_vllm_gpus(proc: ProcTree, self_pid: int) -> VllmGpus:
     if len(named) > 1:
         listed = "; ".join(f"pid {hits[0][0].pid} uses {','.join(gpus)}" for gpus, hits in named.items())
         return VllmGpus(None, "", f"several vLLM servers with different GPUs are visible ({listed}); set --gpus")
+    return None
+
+
+def _why_none(proc: ProcTree, answers: _Answers, denied: list[ProcessInfo]) -> VllmGpus:
     if answers:
         info, found = next(iter(answers.values()))[0]
         return VllmGpus(None, "", f"{found.problem} (pid {info.pid}, {_command(info.argv)})")
@@ -312,7 +327,7 @@ def resolve_gpu_selection(
     discovery = _Discovery()
     if n_kind in ("all", "list"):
         found = find_vllm_gpus(proc or ProcTree(), os.getpid() if self_pid is None else self_pid)
-        chosen = discovery.match(found, n_kind, n_items, n_raw, visible_count)
+        chosen = discovery.consider(found, n_kind, n_items, n_raw, visible_count)
         if chosen is not None:
             return chosen
     if n_kind == "list":
@@ -343,7 +358,7 @@ class _Discovery:
     unmatched: str | None = None  # it found vLLM's GPUs but cannot match them with ours
     confirmed: str | None = None  # vLLM uses every GPU the exporter sees
 
-    def match(
+    def consider(
         self,
         found: VllmGpus,
         n_kind: str,
@@ -351,6 +366,7 @@ class _Discovery:
         n_raw: str | None,
         visible_count: Callable[[], int | None],
     ) -> GpuSelection | None:
+        """The selection when what discovery found settles it; else None, remembering why not."""
         if not found.gpus:
             self.problem = found.problem
             return None
