@@ -1,5 +1,5 @@
 """Accuracy of the attribution against the simulator's oracle, next to two simpler accountings
-computed on the same traces (see exporter/evaluation.py).
+computed on the same traces (see benchmarks/evaluation.py).
 
     python -m benchmarks.bench_accuracy [--duration 1800] [--jobs 2] [--quick]
 

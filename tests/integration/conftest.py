@@ -1,5 +1,5 @@
 """Fixtures of the integration suite: the exporter as users run it, beside the session's real
-vLLM server (fixtures `vllm_server` and `tiny_model_dir` of the root conftest), and traffic for
+vLLM server (fixtures `vllm_server` and `tiny_model_dir` of tests/vllm_fixtures.py), and traffic for
 that server while a module needs it."""
 
 from __future__ import annotations
