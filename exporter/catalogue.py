@@ -309,6 +309,20 @@ CATALOGUE = Catalogue((
         readme="1 when the data separate input from output cost; 0 while the marginal costs are the prior",
     ),
     Family(
+        "energy_modelled", Kind.GAUGE, (),
+        "1 while the energy is the declared phase model, not a measurement; 0 while measured.",
+        lambda v, c: None if v.energy_modelled is None else [((), float(v.energy_modelled))],
+        readme="1 while energy is modelled (nothing could measure it), 0 while measured; absent before the "
+        "first energy reading. The `TokenEconomyEnergyModelled` alert fires on it",
+    ),
+    Family(
+        "sources_info", Kind.GAUGE, ("work_source", "energy_source"),
+        "Who supplies the readings now; always 1.",
+        lambda v, c: [((v.origins.get("vllm", "none"), v.origins.get("energy", "none")), 1.0)],
+        readme="constant 1; names who supplies the readings now (`none` before the first)",
+        readme_labels="work_source (plugin, vllm, none), energy_source (plugin, nvml, dcgm, phase-model, none)",
+    ),
+    Family(
         "source_up", Kind.GAUGE, ("source",),
         "1 when the last read of the source succeeded.",
         lambda v, c: _by(v.source_up),

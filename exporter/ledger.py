@@ -63,6 +63,9 @@ class TickRecord:
     seconds: float = 0.0  # time the tick took
     unixtime: float = 0.0
     ready: bool = False  # both sources answered in this tick
+    # Who supplied this tick's readings: {"vllm": "plugin" | "vllm", "energy": "plugin" | "nvml" | ...}
+    origins: Mapping[str, str] = field(default_factory=_empty)
+    energy_modelled: bool | None = None  # None: no energy reading this tick
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,8 @@ class LedgerView:
     tick_seconds: float = 0.0
     last_tick_unixtime: float = 0.0
     ready: bool = False
+    origins: Mapping[str, str] = field(default_factory=_empty)  # the latest reading's, by source
+    energy_modelled: bool | None = None  # as of the latest energy reading; None before the first
 
     @classmethod
     def initial(cls, sources: Iterable[str] = SOURCES) -> LedgerView:
@@ -122,6 +127,8 @@ class LedgerView:
             reads=_added(self.reads, dict.fromkeys(record.reads, 1.0)),
             read_seconds=_added(self.read_seconds, {s: r.seconds for s, r in record.reads.items()}),
             source_errors=_frozen(source_errors),
+            origins=_frozen({**self.origins, **record.origins}) if record.origins else self.origins,
+            energy_modelled=self.energy_modelled if record.energy_modelled is None else record.energy_modelled,
         )
         if record.result is None:
             return view

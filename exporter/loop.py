@@ -55,17 +55,29 @@ class CollectionLoop:
         vllm, vllm_read = self._read_vllm()
         energy, energy_read = self._read_energy()
         reads = {"vllm": vllm_read, "energy": energy_read}
+        origins = _origins(vllm, energy)
+        modelled = None if energy is None else energy.modelled
         try:
             result = self._attributor.tick(vllm, energy)
         except Exception as err:  # a bug must cost one interval, not the process
             self._episodes["exporter"].failed("internal", repr(err))
-            self._ledger.publish(TickRecord(reads, None, errors=(("exporter", "internal"),)))
+            self._ledger.publish(
+                TickRecord(reads, None, errors=(("exporter", "internal"),), origins=origins, energy_modelled=modelled)
+            )
             return
         self._episodes["exporter"].succeeded()
         self._log_resets(result)
         ready = vllm is not None and energy is not None
         self._ledger.publish(
-            TickRecord(reads, result, seconds=self._clock() - started, unixtime=self._wall(), ready=ready)
+            TickRecord(
+                reads,
+                result,
+                seconds=self._clock() - started,
+                unixtime=self._wall(),
+                ready=ready,
+                origins=origins,
+                energy_modelled=modelled,
+            )
         )
 
     def _log_resets(self, result: TickResult) -> None:
@@ -129,3 +141,13 @@ class CollectionLoop:
             if deadline < now:  # fell behind (a slow source): keep the cadence, skip the lost slots
                 deadline = now + self._interval - ((now - deadline) % self._interval)
             stop.wait(deadline - now)
+
+
+def _origins(vllm: VllmSnapshot | None, energy: EnergySnapshot | None) -> dict[str, str]:
+    """Who supplied this tick's readings; a source that failed keeps its last word."""
+    origins = {}
+    if vllm is not None:
+        origins["vllm"] = vllm.origin
+    if energy is not None:
+        origins["energy"] = energy.origin
+    return origins

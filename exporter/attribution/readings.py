@@ -52,6 +52,7 @@ class VllmSnapshot:
     timestamp: float
     engines: tuple[EngineSample, ...]
     missing_families: frozenset[str] = frozenset()
+    origin: str = "vllm"  # whose counters: "vllm" (its own families) or "plugin" (our stat logger's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +78,4 @@ class EnergySnapshot:
     timestamp: float
     gpus: tuple[GpuReading, ...]
     modelled: bool = False  # True: no measurement; the core's phase model supplies the energy
+    origin: str = "nvml"  # who measured: "plugin", "nvml", "dcgm", "phase-model" or a simulator

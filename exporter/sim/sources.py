@@ -111,7 +111,7 @@ class SimEnergySource:
                 joules = sim.meter.counter_mj(i, now, sim.energy_at) / 1000.0
                 watts = sim.meter.power_watts(i, now, sim.energy_at)
                 readings.append(GpuReading(i, uuid, name, joules, watts, COUNTER))
-            return EnergySnapshot(timestamp=now, gpus=tuple(readings), modelled=False)
+            return EnergySnapshot(timestamp=now, gpus=tuple(readings), modelled=False, origin="simulator")
 
     def close(self) -> None:
         pass

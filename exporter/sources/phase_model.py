@@ -28,7 +28,7 @@ class PhaseModelEnergySource:
         return [r.identity for r in self._readings]
 
     def read(self) -> EnergySnapshot:
-        return EnergySnapshot(timestamp=self._clock(), gpus=self._readings, modelled=True)
+        return EnergySnapshot(timestamp=self._clock(), gpus=self._readings, modelled=True, origin="phase-model")
 
     def close(self) -> None:
         pass  # nothing to release

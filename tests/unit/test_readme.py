@@ -47,7 +47,7 @@ def test_the_exposition_is_the_catalogue():
         gpu_energy={gpu: 1.0},
         gpu_power={gpu: 1.0},
     )
-    ledger.publish(TickRecord({"vllm": SourceRead(False, 0.1, ("timeout",))}, result))
+    ledger.publish(TickRecord({"vllm": SourceRead(False, 0.1, ("timeout",))}, result, energy_modelled=False))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(ledger, dict.fromkeys(BUILD_LABELS, "t"), Prices(3.0, 0.1, 1.2, 400.0)))
     exposed = set(re.findall(r"^# TYPE (\S+)", generate_latest(registry).decode(), re.M))
