@@ -37,6 +37,9 @@ class EngineSample:
     generation_tokens: float | None = None
     cached_prompt_tokens: float | None = None
     computed_prompt_tokens: float | None = None  # prompt_tokens_by_source{source="local_compute"}
+    # Prompt tokens counted when the scheduler ran them (the plugin, with iteration details), not
+    # at first token: the prefill work lands in the interval whose energy paid for it.
+    scheduled_prompt_tokens: float | None = None
     steps: float | None = None  # iteration_tokens_total_count
     step_tokens: float | None = None  # iteration_tokens_total_sum
     preemptions: float | None = None

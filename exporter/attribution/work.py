@@ -38,7 +38,14 @@ class IntervalWork:
     idle: bool = True
 
 
-_COUNTERS = ("prompt_tokens", "generation_tokens", "cached_prompt_tokens", "computed_prompt_tokens", "steps")
+_COUNTERS = (
+    "prompt_tokens",
+    "generation_tokens",
+    "cached_prompt_tokens",
+    "computed_prompt_tokens",
+    "scheduled_prompt_tokens",
+    "steps",
+)
 
 
 class WorkMeter:
@@ -84,7 +91,9 @@ class WorkMeter:
 
 def _classify(inc: dict[str, float]) -> Work:
     prompt = inc.get("prompt_tokens", 0.0)
-    if "computed_prompt_tokens" in inc:
+    if "scheduled_prompt_tokens" in inc:  # prefill as it ran; the cache's share as vLLM counted it
+        computed, cached = inc["scheduled_prompt_tokens"], inc.get("cached_prompt_tokens", 0.0)
+    elif "computed_prompt_tokens" in inc:
         computed = (
             min(inc["computed_prompt_tokens"], prompt) if "prompt_tokens" in inc else inc["computed_prompt_tokens"]
         )

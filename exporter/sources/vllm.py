@@ -35,13 +35,16 @@ class VllmSource:
         )
 
     def read(self) -> VllmSnapshot:
+        return parse(*self.read_text())
+
+    def read_text(self) -> tuple[str, float]:
+        """The page, and when it arrived (the energy window is closed right then)."""
         body = self._fetch()
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as err:
             raise SourceError("parse", f"page is not UTF-8: {err}") from None
-        # The energy window is closed right after the page arrives, so stamp it then.
-        return parse(text, self._clock())
+        return text, self._clock()
 
     def _fetch(self) -> bytes:
         try:

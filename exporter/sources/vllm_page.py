@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from exporter.attribution.readings import EngineSample, VllmSnapshot
 from exporter.sources.errors import SourceError
@@ -45,16 +45,16 @@ def _unescape(value: str) -> str:
     return _ESCAPES.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
 
 
-def _labels(text: str) -> dict[str, str]:
+def labels(text: str) -> dict[str, str]:
     return {key: _unescape(value) for key, value in _LABEL.findall(text)}
 
 
-def _lines(text: str) -> Iterator[tuple[str, str, str]]:
+def lines(text: str, wanted: Iterable[str]) -> Iterator[tuple[str, str, str]]:
     """Yield (name, label text, value text) for each sample of a wanted family.
 
     One C-level substring search per family skips the hundreds of bucket lines without a
     Python loop over them."""
-    for name in _WANTED:
+    for name in wanted:
         needle = "\n" + name
         pos = 0 if text.startswith(name) else text.find(needle)
         while pos >= 0:
@@ -78,21 +78,21 @@ def parse(text: str, timestamp: float) -> VllmSnapshot:
     rows: dict[tuple[str, str], dict[str, float]] = {}
     capacity: dict[str, float] = {}  # by engine: cache_config_info carries no model_name
     seen: set[str] = set()
-    for name, label_text, rest in _lines(text):
+    for name, label_text, rest in lines(text, _WANTED):
         try:
             value = float(rest.split()[0])
         except (ValueError, IndexError):
             continue
-        labels = _labels(label_text) if label_text else {}
-        engine = labels.get("engine", "0")
+        found = labels(label_text) if label_text else {}
+        engine = found.get("engine", "0")
         if name == _CACHE_CONFIG:
-            tokens = _cache_tokens(labels)
+            tokens = _cache_tokens(found)
             if tokens is not None:
                 capacity[engine] = tokens
             continue
-        row = rows.setdefault((labels.get("model_name", ""), engine), {})
+        row = rows.setdefault((found.get("model_name", ""), engine), {})
         if name == _BY_SOURCE:
-            if labels.get("source") == "local_compute":
+            if found.get("source") == "local_compute":
                 row["computed_prompt_tokens"] = value
                 seen.add("computed_prompt_tokens")
             continue
