@@ -70,6 +70,13 @@ WRONG_EXPECTATIONS = {
         "      - alertname: TokenEconomySourceDown\n        eval_time: 9m\n",
         "TokenEconomySourceDown",
     ),
+    # The energy alert claimed for a pod that was modelled only briefly, not for one modelled throughout.
+    "alert per pod": (
+        "energy.test.yml",
+        "              namespace: batch\n              pod: vllm-d\n",
+        "              namespace: ml-serving\n              pod: vllm-c\n",
+        "TokenEconomyEnergyModelled",
+    ),
     # A wrong severity label.
     "alert labels": (
         "attribution.test.yml",
@@ -122,6 +129,7 @@ def test_alerts_have_for_severity_and_annotations_with_the_value():
         "TokenEconomyIdleCostShareHigh",
         "TokenEconomyAttributionNotIdentified",
         "TokenEconomySourceDown",
+        "TokenEconomyEnergyModelled",
         "TokenEconomyExporterDown",
         "TokenEconomyExporterAbsent",
     }
@@ -164,3 +172,14 @@ def test_rules_use_nothing_newer_than_prometheus_2_42():
                 assert re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", label), label
             for newer in ("limitk", "limit_ratio", "sort_by_label", "info(", "double_exponential_smoothing"):
                 assert newer not in rule["expr"], f"{name}: {newer} needs Prometheus 3"
+
+
+def test_the_energy_alert_fires_per_exporter_and_says_how_to_measure():
+    (alert,) = [a for a in alerts() if a["alert"] == "TokenEconomyEnergyModelled"]
+    # No aggregation: one alert per scraped exporter (per vLLM pod), carrying its target labels.
+    assert alert["expr"].strip() == "token_economy_energy_modelled == 1"
+    assert alert["for"] == "10m" and alert["labels"] == {"severity": "warning"}
+    description = " ".join(alert["annotations"]["description"].split())
+    for route in ("deploy/vllm-plugin/Dockerfile", "init container", "TOKEN_ECONOMY_DCGM_URL", "ResourceClaim"):
+        assert route in description, route
+    assert "NVIDIA_VISIBLE_DEVICES" in description
