@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from exporter.attribution.counters import CounterTracker
-from exporter.attribution.energy import IntervalEnergy, measured_interval
+from exporter.attribution.energy import IntervalEnergy, counter_key, measured_interval
 from exporter.attribution.estimator import DRIVERS, MarginalCostEstimator
 from exporter.attribution.idle import IdlePowerEstimator
 from exporter.attribution.phase_model import modelled_interval
@@ -124,7 +124,7 @@ class Attributor:
         if previous_time is None:
             # The first reading is a baseline for every counter.
             for gpu in energy.gpus:
-                self._energy.increase(gpu.uuid, gpu.energy_joules)
+                self._energy.increase(counter_key(energy.origin, gpu), gpu.energy_joules)
             self._pending.clear()
             self._pending_idle = True
             return
@@ -135,7 +135,7 @@ class Attributor:
                 energy.gpus, seconds, work.values(), self.prior.energy, self.idle.watts, self.limit_watts_total
             )
         else:
-            interval = measured_interval(energy.gpus, self._energy)
+            interval = measured_interval(energy.gpus, self._energy, energy.origin)
         if interval.teaches and seconds > 0:
             self._learn(interval, seconds, idle_interval=self._pending_idle and vllm_known, vllm_known=vllm_known)
 

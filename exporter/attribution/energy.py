@@ -27,11 +27,18 @@ class IntervalEnergy:
         return self.measured and self.complete
 
 
-def measured_interval(gpus: Sequence[GpuReading], counters: CounterTracker) -> IntervalEnergy:
+def counter_key(origin: str, gpu: GpuReading) -> tuple[str, str]:
+    """Whose counter of which GPU: see `measured_interval`."""
+    return (origin, gpu.uuid)
+
+
+def measured_interval(gpus: Sequence[GpuReading], counters: CounterTracker, origin: str = "") -> IntervalEnergy:
     """The increase of each GPU's counter since the last reading. A GPU whose read failed, or
     whose counter is new, contributes nothing and leaves the interval incomplete; its counter
     carries the energy into the next good read. A restarted counter's value is energy of an
-    unknown span: counted, but incomplete."""
+    unknown span: counted, but incomplete. Counters are kept by `origin` as well as GPU: the
+    plugin's count since it started and NVML's since the driver loaded are different series of
+    one GPU, and a switch between them must start a new baseline, not count the gap as energy."""
     total = 0.0
     per_gpu: dict[GpuIdentity, float] = {}
     power: dict[GpuIdentity, float] = {}
@@ -41,7 +48,7 @@ def measured_interval(gpus: Sequence[GpuReading], counters: CounterTracker) -> I
         identity = gpu.identity
         if gpu.power_watts is not None:
             power[identity] = gpu.power_watts
-        increase = counters.increase(gpu.uuid, gpu.energy_joules)
+        increase = counters.increase(counter_key(origin, gpu), gpu.energy_joules)
         if increase is None:
             complete = False
             continue
