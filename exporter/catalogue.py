@@ -386,12 +386,14 @@ CATALOGUE = Catalogue((
         readme="configured grid carbon intensity",
     ),
     Family(
-        "build_info", Kind.GAUGE, BUILD_LABELS,
+        "build_info", Kind.GAUGE, (*BUILD_LABELS, "work_source"),
         "Version and attribution policy; always 1.",
-        lambda v, c: [(tuple(c.build[k] for k in BUILD_LABELS), 1.0)],
-        readme="constant 1",
+        lambda v, c: [((*(c.build[k] for k in BUILD_LABELS), v.origins.get("vllm", "none")), 1.0)],
+        readme="constant 1; `energy_source` is the setting's choice at start-up (what is in use now: "
+        "`sources_info`), `work_source` whose step counts are read now",
         readme_labels="version, energy_source, gpu_type, model_spec, prior, estimator, "
-        "electricity (counted, excluded, unpriced), static_power_policy, step_cost_policy, currency, python_version",
+        "electricity (counted, excluded, unpriced), static_power_policy, step_cost_policy, currency, python_version, "
+        "work_source (plugin, vllm, none)",
     ),
 ))
 # fmt: on

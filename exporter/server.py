@@ -15,7 +15,7 @@ import html
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -52,11 +52,15 @@ class MetricsCache:
         return entry[1], content_type, compressed
 
 
-def _landing(vllm_url: str, energy_source: str) -> bytes:
+def _landing(vllm_url: str, energy_source: str, origins: Mapping[str, str], modelled: bool | None) -> bytes:
+    work = origins.get("vllm", "none yet")
+    energy = origins.get("energy", "none yet")
+    kind = {True: "modelled, not measured", False: "measured", None: "no reading yet"}[modelled]
     return f"""<!doctype html><html><head><title>Token Economy Exporter</title></head><body>
 <h1>Token Economy Exporter {html.escape(__version__)}</h1>
 <p>What each input and output token of the vLLM server at <code>{html.escape(vllm_url)}</code> costs,
-in joules, money and CO2 (energy source: {html.escape(energy_source)}).</p>
+in joules, money and CO2 (energy source setting: {html.escape(energy_source)}).</p>
+<p>Work counts from: <b>{html.escape(work)}</b>. Energy from: <b>{html.escape(energy)}</b> ({kind}).</p>
 <ul><li><a href="metrics">/metrics</a></li><li><a href="healthz">/healthz</a></li>
 <li><a href="readyz">/readyz</a></li></ul>
 </body></html>""".encode()
@@ -68,7 +72,8 @@ class Routes:
     def __init__(self, cache: MetricsCache, ledger: Ledger, vllm_url: str, energy_source: str) -> None:
         self._cache = cache
         self._ledger = ledger
-        self._landing = _landing(vllm_url, energy_source)
+        self._vllm_url = vllm_url
+        self._energy_source = energy_source
 
     def answer(self, path: str, headers: dict[str, str]) -> tuple[int, str, bytes, bool]:
         path = path.split("?", 1)[0]
@@ -84,7 +89,9 @@ class Routes:
                 return 200, _TEXT, b"ready\n", False
             return 503, _TEXT, b"waiting for the first tick in which vLLM and the energy source both answered\n", False
         if path == "/":
-            return 200, "text/html; charset=utf-8", self._landing, False
+            view = self._ledger.view()
+            page = _landing(self._vllm_url, self._energy_source, view.origins, view.energy_modelled)
+            return 200, "text/html; charset=utf-8", page, False
         return 404, _TEXT, b"not found\n", False
 
 

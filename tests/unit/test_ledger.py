@@ -52,3 +52,19 @@ def test_the_loop_publishes_once_per_tick_even_when_the_core_fails(monkeypatch):
     assert view.version == published.version + 1
     assert view.source_errors[("exporter", "internal")] == 1 and view.ticks == published.ticks
     assert view.tokens == published.tokens and view.reads["vllm"] == published.reads["vllm"] + 1
+
+
+def test_who_supplied_the_readings_is_kept_until_a_source_says_again_and_the_landing_page_says_it():
+    from prometheus_client import CollectorRegistry
+
+    from exporter.server import MetricsCache, Routes
+
+    ledger = Ledger()
+    routes = Routes(MetricsCache(CollectorRegistry(), ledger), ledger, "http://vllm:8000", "auto")
+    assert b"Work counts from: <b>none yet</b>" in routes.answer("/", {})[2]
+    ledger.publish(TickRecord({}, None, origins={"vllm": "plugin", "energy": "phase-model"}, energy_modelled=True))
+    ledger.publish(TickRecord({}, None, origins={"vllm": "vllm"}))  # the energy read failed this tick
+    view = ledger.view()
+    assert dict(view.origins) == {"vllm": "vllm", "energy": "phase-model"} and view.energy_modelled is True
+    page = routes.answer("/", {})[2]
+    assert b"Work counts from: <b>vllm</b>. Energy from: <b>phase-model</b> (modelled, not measured)" in page

@@ -55,7 +55,9 @@ def test_totals_conserve_energy_and_mirror_tokens(rig):
         (("component", "rental"), ("currency", "EUR"), ("model_name", "m"), ("token_class", "output")),
     ) in m
     assert value(m, "token_economy_source_up", source="vllm") == 1
-    assert value(m, "token_economy_build_info", **BUILD) == 1
+    assert value(m, "token_economy_build_info", **BUILD, work_source="vllm") == 1
+    assert value(m, "token_economy_sources_info", work_source="vllm", energy_source="nvml") == 1
+    assert value(m, "token_economy_energy_modelled") == 0
     assert value(m, "token_economy_marginal_energy_joules_per_token", model_name="m", token_class="output") > value(
         m, "token_economy_marginal_energy_joules_per_token", model_name="m", token_class="input"
     )
