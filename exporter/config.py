@@ -21,6 +21,10 @@ from exporter.sources.gpu_discovery import parse_gpu_list
 ENV_PREFIX = "TOKEN_ECONOMY_"
 CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
 
+# Kubernetes names: a pod's is a DNS subdomain, a namespace's a DNS label.
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
 
 class StaticPowerPolicy(StrEnum):
     OCCUPANCY = "occupancy"  # idle power while busy is split by estimated time occupancy
@@ -60,9 +64,18 @@ class Settings(BaseSettings):
         description="Comma-separated GPU indices or UUIDs; by default this process's CUDA_VISIBLE_DEVICES, "
         "else vLLM's GPUs, else this process's NVIDIA_VISIBLE_DEVICES, else all it sees.",
     )
-    energy_source: EnergyMode = Field(EnergyMode.AUTO, description="auto, nvml or phase-model.")
+    energy_source: EnergyMode = Field(EnergyMode.AUTO, description="auto, nvml, dcgm or phase-model.")
     power_sample_hz: float = Field(
         20.0, ge=10, le=1000, description="Power sampling rate where a GPU lacks the energy counter."
+    )
+    dcgm_url: str | None = Field(
+        None, description="The node's dcgm-exporter page (http://<node IP>:9400/metrics): GPU energy without NVML."
+    )
+    dcgm_pod: str | None = Field(
+        None, description="This pod's name, as dcgm-exporter's pod labels give it (downward API: metadata.name)."
+    )
+    dcgm_namespace: str | None = Field(
+        None, description="This pod's namespace, as dcgm-exporter's labels give it (downward API: metadata.namespace)."
     )
     gpu_type: str | None = Field(
         None, description="GPU table entry (H100, H200, A100, L40S, L4, A10G) when NVML cannot name it."
@@ -152,6 +165,29 @@ class Settings(BaseSettings):
             raise ValueError(f"bad port: {err}") from None
         return value.rstrip("/")
 
+    @field_validator("dcgm_url")
+    @classmethod
+    def _dcgm_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        cls._url(value)
+        parts = urlsplit(value)
+        return value.rstrip("/") + "/metrics" if parts.path in ("", "/") else value
+
+    @field_validator("dcgm_pod")
+    @classmethod
+    def _dcgm_pod(cls, value: str | None) -> str | None:
+        if value is not None and not (len(value) <= 253 and _DNS_SUBDOMAIN.fullmatch(value)):
+            raise ValueError("must be a Kubernetes pod name: lower-case letters, digits, '-' and '.'")
+        return value
+
+    @field_validator("dcgm_namespace")
+    @classmethod
+    def _dcgm_namespace(cls, value: str | None) -> str | None:
+        if value is not None and not (len(value) <= 63 and _DNS_LABEL.fullmatch(value)):
+            raise ValueError("must be a Kubernetes namespace: at most 63 lower-case letters, digits and '-'")
+        return value
+
     @field_validator("vllm_metrics_path")
     @classmethod
     def _path(cls, value: str) -> str:
@@ -203,6 +239,7 @@ class Settings(BaseSettings):
             )
         if self.model_dir is not None and not (self.model_dir / "config.json").is_file():
             problems.append(("model_dir", f"no config.json in {self.model_dir}"))
+        problems.extend(self._dcgm_problems())
         if problems:
             # Raised against the fields themselves, so the message names each setting's flag.
             raise ValidationError.from_exception_data(
@@ -213,6 +250,24 @@ class Settings(BaseSettings):
                 ],
             )
         return self
+
+    def _dcgm_problems(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.energy_source is EnergyMode.DCGM and self.dcgm_url is None:
+            problems.append(("dcgm_url", f"must be set when energy_source is dcgm ({flag_name('energy_source')})"))
+        for field, other in (("dcgm_pod", "dcgm_namespace"), ("dcgm_namespace", "dcgm_pod")):
+            if getattr(self, field) is None and getattr(self, other) is not None:
+                problems.append((field, f"must be set with {other} ({flag_name(other)})"))
+        has_uuids = any(not item.isdigit() for item in parse_gpu_list(self.gpus)) if self.gpus else False
+        if self.dcgm_url is not None and self.dcgm_pod is None and self.dcgm_namespace is None and not has_uuids:
+            problems.append(
+                (
+                    "dcgm_url",
+                    f"needs dcgm_pod and dcgm_namespace ({flag_name('dcgm_pod')}, {flag_name('dcgm_namespace')}) "
+                    f"or GPU UUIDs in gpus ({flag_name('gpus')}) to tell this pod's GPUs on the node's page",
+                )
+            )
+        return problems
 
     @property
     def electricity_billing(self) -> str:
@@ -239,6 +294,10 @@ class Settings(BaseSettings):
             gpu_type=self.gpu_type,
             gpu_count=self.gpu_count,
             power_sample_hz=self.power_sample_hz,
+            dcgm_url=self.dcgm_url,
+            dcgm_pod=self.dcgm_pod,
+            dcgm_namespace=self.dcgm_namespace,
+            dcgm_timeout=min(2.0, 0.8 * self.interval),
         )
 
 
@@ -256,6 +315,9 @@ COMPUTED_DEFAULTS = {
     "gpus": "found at start-up",  # the description says how
     "gpu_type": "from NVML, else H100",
     "gpu_count": "the GPUs found, else 1",
+    "dcgm_url": "none",
+    "dcgm_pod": "none",
+    "dcgm_namespace": "none",
     "idle_watts": "GPU table",
     "prefill_watts": "GPU table",
     "decode_watts": "GPU table",

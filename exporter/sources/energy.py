@@ -1,5 +1,6 @@
 """Choose the energy source once at start-up: NVML when it can measure the selected GPUs, else
-(in `auto`) the declared phase model, and the GPU table entry that seeds the estimates."""
+(in `auto`) the node's dcgm-exporter when its URL is set, else the declared phase model; and the
+GPU table entry that seeds the estimates."""
 
 from __future__ import annotations
 
@@ -12,20 +13,30 @@ from enum import StrEnum
 from types import ModuleType
 from typing import Any, Protocol, cast
 
+import httpx
 from structlog.typing import FilteringBoundLogger
 
 from exporter.attribution.gpu_table import GPU_TABLE, GpuSpec, lookup
 from exporter.attribution.readings import EnergySnapshot, GpuIdentity
-from exporter.sources.gpu_discovery import GpuSelection, ProcTree, resolve_gpu_selection
+from exporter.sources.dcgm import DEFAULT_OPEN_WAIT, FIDELITY, DcgmEnergySource, DcgmUnavailable
+from exporter.sources.gpu_discovery import (
+    ORIGIN_FLAG,
+    GpuSelection,
+    ProcTree,
+    parse_gpu_list,
+    resolve_gpu_selection,
+)
 from exporter.sources.nvml import NvmlEnergySource, NvmlUnavailable
 from exporter.sources.phase_model import PhaseModelEnergySource
 
 DEFAULT_GPU = "H100"
+ORIGIN_DCGM_POD = "dcgm-pod"  # the GPUs dcgm-exporter's pod labels give this pod
 
 
 class EnergyMode(StrEnum):
-    AUTO = "auto"  # NVML, else the phase model
+    AUTO = "auto"  # NVML, else DCGM where its URL is set, else the phase model
     NVML = "nvml"  # fail if NVML cannot be read
+    DCGM = "dcgm"  # the node's dcgm-exporter; fail if it cannot measure this pod's GPUs
     PHASE_MODEL = "phase-model"  # never touch NVML
 
 
@@ -49,6 +60,11 @@ class EnergyOptions:
     gpu_type: str | None = None
     gpu_count: int | None = None  # for the phase model when no GPU is named
     power_sample_hz: float = 20.0
+    dcgm_url: str | None = None  # dcgm-exporter's metrics page; None: DCGM is never tried
+    dcgm_pod: str | None = None  # this pod as dcgm-exporter's pod labels name it
+    dcgm_namespace: str | None = None
+    dcgm_timeout: float = 2.0  # seconds for one read of the page
+    dcgm_open_wait: float = DEFAULT_OPEN_WAIT  # seconds to wait at start-up for this pod's GPUs on the page
 
 
 class EnergySourceError(Exception):
@@ -62,7 +78,7 @@ class EnergySourceError(Exception):
 @dataclass(frozen=True, slots=True)
 class EnergySetup:
     source: EnergySource
-    mode: str  # "nvml" or "phase-model" (a simulator names itself)
+    mode: str  # "nvml", "dcgm" or "phase-model" (a simulator names itself)
     gpu_spec: GpuSpec
     gpu_count: int
     fallback_reason: str | None  # why something less than measured-and-identified is in use
@@ -77,14 +93,31 @@ def open_energy_source(
     *,
     environ: Mapping[str, str] | None = None,
     proc: ProcTree | None = None,
+    dcgm_transport: httpx.BaseTransport | None = None,
 ) -> EnergySetup:
     """`pynvml_module` None: import pynvml, but only when NVML is to be tried at all.
-    `environ` (default os.environ) and `proc` (default /proc) feed the GPU discovery."""
+    `environ` (default os.environ) and `proc` (default /proc) feed the GPU discovery;
+    `dcgm_transport` (default: the network) carries the requests to dcgm-exporter."""
     environ = os.environ if environ is None else environ
     wanted = EnergyMode(options.energy_source)
     if wanted is EnergyMode.PHASE_MODEL:
         declared = _select(options, environ, proc, lambda: None, log)
         return _phase_model(options, clock, gpus=None, reasons=[], log=log, selection=declared)
+    if wanted is EnergyMode.DCGM:
+        if not options.dcgm_url:
+            raise EnergySourceError(
+                "dcgm_url_unset",
+                "setting energy_source=dcgm needs the setting dcgm_url: the node's dcgm-exporter metrics page, "
+                "e.g. http://<node IP>:9400/metrics",
+            )
+        try:
+            return _dcgm_setup(options, clock, log, dcgm_transport, reasons=[])
+        except DcgmUnavailable as err:
+            raise EnergySourceError(
+                err.reason,
+                f"setting energy_source=dcgm, but {err}; set energy_source to auto or phase-model "
+                "to run on declared phase power instead",
+            ) from err
 
     selection: GpuSelection | None = None
     try:
@@ -99,11 +132,73 @@ def open_energy_source(
                 "to run on declared phase power instead",
             ) from err
         # The caller logs the fallback once, from fallback_reason; logging here would double it.
-        reason = f"{err}; using the declared phase model"
+        gpus = err.gpus
+        if not options.dcgm_url:
+            reasons = [f"{err}; DCGM not tried (dcgm_url is not set); using the declared phase model"]
+        else:
+            try:
+                return _dcgm_setup(options, clock, log, dcgm_transport, reasons=[f"{err}; using DCGM"])
+            except DcgmUnavailable as dcgm_err:
+                reasons = [f"{err}; {dcgm_err}; using the declared phase model"]
+                gpus = dcgm_err.gpus or gpus
         if selection is None:  # pynvml could not be imported: the exporter sees no GPU
             selection = _select(options, environ, proc, lambda: None, log)
-        return _phase_model(options, clock, gpus=err.gpus or None, reasons=[reason], log=log, selection=selection)
+        return _phase_model(options, clock, gpus=gpus or None, reasons=reasons, log=log, selection=selection)
     return _nvml_setup(options, source, selection, log)
+
+
+def _dcgm_setup(
+    options: EnergyOptions,
+    clock: Callable[[], float],
+    log: FilteringBoundLogger | None,
+    transport: httpx.BaseTransport | None,
+    reasons: list[str],
+) -> EnergySetup:
+    """Raises DcgmUnavailable; `reasons` says why the sources tried before were not used."""
+    assert options.dcgm_url is not None
+    source = DcgmEnergySource(
+        options.dcgm_url,
+        parse_gpu_list(options.gpus) if options.gpus else (),
+        options.dcgm_pod,
+        options.dcgm_namespace,
+        timeout=options.dcgm_timeout,
+        clock=clock,
+        transport=transport,
+        open_wait=options.dcgm_open_wait,
+        log=log,
+    )
+    chosen = source.selection
+    names = [gpu.name for gpu in source.gpus]
+    spec, spec_reason = _spec(options, names[0] if names else None)
+    if spec_reason:
+        reasons = [*reasons, spec_reason]
+    if chosen.by == "uuid":
+        selection = GpuSelection(tuple(options.gpus.split(",")) if options.gpus else None, ORIGIN_FLAG, "gpus")
+    else:
+        detail = f"dcgm-exporter's pod labels: {options.dcgm_namespace}/{options.dcgm_pod}"
+        selection = GpuSelection(tuple(gpu.uuid for gpu in source.gpus), ORIGIN_DCGM_POD, detail)
+    if log is not None:
+        log.info(
+            "energy_source_opened",
+            mode=EnergyMode.DCGM,
+            url=source.url,
+            gpus=[f"{gpu.index}:{gpu.uuid}" for gpu in source.gpus],
+            gpu_spec=spec.key,
+            fallback_reason="; ".join(reasons) or None,
+            gpu_selection=selection.origin,
+            gpu_selection_detail=selection.detail,
+            fidelity=FIDELITY,
+        )
+        if chosen.mig:
+            # Measured, and correct: every instance on these boards is this pod's (see dcgm_page).
+            log.info("dcgm_mig_whole_gpu", gpus=list(chosen.mig), detail="every MIG instance is this pod's")
+        if chosen.shared:
+            log.warning(
+                "dcgm_gpu_shared",
+                gpus=list(chosen.shared),
+                effect="dcgm-exporter maps these GPUs to other pods too: their energy includes the other pods' work",
+            )
+    return EnergySetup(source, EnergyMode.DCGM, spec, len(names), "; ".join(reasons) or None, selection)
 
 
 def _nvml_setup(
