@@ -1,7 +1,11 @@
 """The dcgm-exporter page parser and the choice of this pod's GPUs: pure functions, read on the
 fixtures of tests/fixtures/dcgm and on hostile pages."""
 
+import contextlib
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.sources.dcgm_page import ENERGY, MAX_LABELS, MAX_SAMPLES, POWER, SelectionError, parse, select
 from exporter.sources.errors import SourceError
@@ -237,3 +241,47 @@ def test_a_chosen_gpu_without_a_usable_counter_is_refused():
     text = with_energy(load("h100-node-pod-mapping.txt"), {H100[1]: 9223372036854775794})
     err = select_error(parse(text), pod=POD, namespace=NAMESPACE)
     assert err.reason == "no_energy_counter" and H100[1] in err.message and not err.transient
+
+
+_PIECES = st.sampled_from(
+    [
+        ENERGY,
+        POWER,
+        "{",
+        "}",
+        ",",
+        '"',
+        "\\",
+        "\n",
+        " ",
+        "#",
+        'UUID="GPU-x"',
+        'uuid="GPU-y"',
+        'gpu="0"',
+        'gpu="99999999999"',
+        'GPU_I_ID="3"',
+        f'pod="{POD}"',
+        f'namespace="{NAMESPACE}"',
+        "NaN",
+        "-1",
+        "1e308",
+        "9223372036854775807",
+        "12345",
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(_PIECES, st.text(max_size=8)), max_size=60))
+def test_any_text_parses_or_fails_as_a_parse_error(pieces):
+    """Whatever the page holds, the parser and the selection raise only their typed errors."""
+    try:
+        page = parse("".join(pieces))
+    except SourceError as err:
+        assert err.reason == "parse"
+        return
+    for board in page.boards().values():
+        assert board.energy_joules is None or (0 <= board.energy_joules < float("inf"))
+    for kw in ({"pod": POD, "namespace": NAMESPACE}, {"uuids": ["GPU-x"]}, {}):
+        with contextlib.suppress(SelectionError):
+            select(page, **kw)
