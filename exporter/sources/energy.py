@@ -156,9 +156,14 @@ def _dcgm_setup(
 ) -> EnergySetup:
     """Raises DcgmUnavailable; `reasons` says why the sources tried before were not used."""
     assert options.dcgm_url is not None
+    items = parse_gpu_list(options.gpus) if options.gpus else ()
+    by_pod = bool(options.dcgm_pod and options.dcgm_namespace)
+    # Indices are NVML's numbering of what this container sees, not the node's: where pod labels
+    # can choose, they are left to NVML; alone, the source refuses them with the reason.
+    uuids = () if by_pod and any(item.isdigit() for item in items) else items
     source = DcgmEnergySource(
         options.dcgm_url,
-        parse_gpu_list(options.gpus) if options.gpus else (),
+        uuids,
         options.dcgm_pod,
         options.dcgm_namespace,
         timeout=options.dcgm_timeout,
@@ -173,7 +178,7 @@ def _dcgm_setup(
     if spec_reason:
         reasons = [*reasons, spec_reason]
     if chosen.by == "uuid":
-        selection = GpuSelection(tuple(options.gpus.split(",")) if options.gpus else None, ORIGIN_FLAG, "gpus")
+        selection = GpuSelection(uuids, ORIGIN_FLAG, "gpus")
     else:
         detail = f"dcgm-exporter's pod labels: {options.dcgm_namespace}/{options.dcgm_pod}"
         selection = GpuSelection(tuple(gpu.uuid for gpu in source.gpus), ORIGIN_DCGM_POD, detail)

@@ -78,6 +78,19 @@ def test_dcgm_mode_by_uuid(clock):
     assert setup.gpu_selection is not None and setup.gpu_selection.origin == "flag"
 
 
+def test_gpu_indices_meant_for_nvml_leave_the_choice_to_the_pod_labels(clock):
+    node = Node(load("h100-node-pod-mapping.txt"))
+    setup = open_energy_source(options(gpus="0,1"), no_nvml(clock), clock, dcgm_transport=node.transport)
+    assert setup.mode == "dcgm" and [g.uuid for g in setup.source.gpus] == H100[:2]
+    with pytest.raises(EnergySourceError) as caught:  # alone, indices cannot name the node's GPUs
+        open_energy_source(
+            options(energy_source="dcgm", gpus="0,1", dcgm_pod=None, dcgm_namespace=None),
+            clock=clock,
+            dcgm_transport=node.transport,
+        )
+    assert caught.value.reason == "gpu_index"
+
+
 def test_dcgm_mode_without_a_url_names_the_setting(clock):
     with pytest.raises(EnergySourceError) as caught:
         open_energy_source(options(energy_source="dcgm", dcgm_url=None), _Untouchable("pynvml"), clock)
