@@ -22,7 +22,7 @@ class Kind(StrEnum):
     GAUGE = "gauge"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # each family is one object: hashed by identity, cheaply
 class PluginFamily:
     name: str  # the full exposed name; counters end in _total
     kind: Kind
@@ -88,8 +88,10 @@ ERROR_PLACES = ("record", "sampler", "nvml", "snapshot", "mirror")
 Samples = Mapping[PluginFamily, Mapping[tuple[str, ...], float]]
 
 
-def render(samples: Samples) -> str:
-    """The families in Prometheus text format (version 0.0.4), in catalogue order."""
+def render(samples: Samples, names: dict[tuple[PluginFamily, tuple[str, ...]], str] | None = None) -> str:
+    """The families in Prometheus text format (version 0.0.4), in catalogue order. `names` caches
+    each series' name-and-labels text between calls: the plugin's series hardly ever change."""
+    names = {} if names is None else names
     lines: list[str] = []
     for family in FAMILIES:
         series = samples.get(family)
@@ -98,7 +100,10 @@ def render(samples: Samples) -> str:
         lines.append(f"# HELP {family.name} {family.help}")
         lines.append(f"# TYPE {family.base} {family.kind}")
         for values, value in series.items():
-            lines.append(f"{family.name}{_label_text(family.labels, values)} {_number(value)}")
+            name = names.get((family, values))
+            if name is None:
+                name = names[(family, values)] = family.name + _label_text(family.labels, values)
+            lines.append(f"{name} {_number(value)}")
     return "\n".join(lines) + "\n" if lines else ""
 
 

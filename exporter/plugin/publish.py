@@ -38,6 +38,7 @@ class Mirror:
 
     def __init__(self, prometheus_client: Any) -> None:
         self._metrics: dict[f.PluginFamily, Any] = {}
+        self._children: dict[tuple[f.PluginFamily, tuple[str, ...]], Any] = {}
         self._pushed: dict[tuple[f.PluginFamily, tuple[str, ...]], float] = {}
         for family in f.FAMILIES:
             if family.kind is f.Kind.COUNTER:
@@ -50,14 +51,19 @@ class Mirror:
 
     def push(self, table: Table) -> None:
         for family, series in table.items():
-            metric = self._metrics[family]
             for labels, value in series.items():
-                child = metric.labels(*labels) if labels else metric
+                key = (family, labels)
+                last = self._pushed.get(key)
+                if last == value:
+                    continue  # most series stand still between rounds; prometheus_client locks per call
+                child = self._children.get(key)
+                if child is None:
+                    metric = self._metrics[family]
+                    child = self._children[key] = metric.labels(*labels) if labels else metric
                 if family.kind is f.Kind.GAUGE:
                     child.set(value)
-                    continue
-                key = (family, labels)
-                gained = value - self._pushed.get(key, 0.0)
-                if gained > 0:
-                    child.inc(gained)
-                    self._pushed[key] = value
+                elif value > (last or 0.0):
+                    child.inc(value - (last or 0.0))
+                else:
+                    continue  # a counter never goes back: what it lost stays counted
+                self._pushed[key] = value

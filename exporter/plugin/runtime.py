@@ -98,6 +98,7 @@ class Runtime:
         self._prometheus = prometheus_client
         self._writer = SnapshotWriter(config.directory, self._pid) if config.directory else None
         self._energy = EnergyTotals()
+        self._names: dict[tuple[f.PluginFamily, tuple[str, ...]], str] = {}  # render's cache
         self._source: NvmlEnergySource | None = None
         self._lock_file: TextIO | None = None
         self._next_election = 0.0
@@ -155,7 +156,7 @@ class Runtime:
     def _publish(self, current: Table) -> None:
         if self._writer is not None:
             try:
-                self._writer.write(f.render(current))
+                self._writer.write(f.render(current, self._names))
             except Exception as err:
                 self._failed("snapshot", err)
         try:
