@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,7 +53,8 @@ def step(prefill):
     sched = SchedulerStats(num_running_reqs=32, num_waiting_reqs=3, kv_cache_usage=0.4, iteration_details=details)
     it = IterationStats()
     it.num_generation_tokens = 32
-    it.prompt_token_stats = PromptTokenStats(computed=480, local_cache_hit=32, cached_tokens=32, total=512) if prefill else PromptTokenStats()
+    if prefill:
+        it.prompt_token_stats = PromptTokenStats(computed=480, local_cache_hit=32, cached_tokens=32, total=512)
     return sched, it
 
 steps = [step(i % 8 == 0) for i in range(64)]
@@ -145,7 +145,6 @@ def _idle_thread_cpu(seconds: float, period: float) -> float:
 def bench_reads(vllm_python: str, reads: int) -> dict[str, float]:
     from benchmarks.bench_overhead import cpu_seconds
     from tests.e2e.plugin_rig import install_plugin
-    from tests.e2e.tiny_model import build
     from tests.e2e.vllm_server import VllmServer
 
     with tempfile.TemporaryDirectory() as work:
@@ -173,7 +172,7 @@ def bench_reads(vllm_python: str, reads: int) -> dict[str, float]:
                 return cpu_seconds(pid) - cpu, time.monotonic() - wall
 
             page_cpu, page_wall = measure(lambda: client.get(server.url + "/metrics").content)
-            file_cpu, file_wall = measure(lambda: files[0].read_bytes())
+            file_cpu, file_wall = measure(files[0].read_bytes)
             idle_cpu = cpu_seconds(pid)
             time.sleep(page_wall)
             idle_cpu = cpu_seconds(pid) - idle_cpu

@@ -48,8 +48,9 @@ class StandinNvml:
         self.library_dir = workdir / "nvml"
         self.library_dir.mkdir(parents=True, exist_ok=True)
         compiler = os.environ.get("CC", "cc")
+        library = self.library_dir / "libnvidia-ml.so.1"
         subprocess.run(
-            [compiler, "-shared", "-fPIC", "-O2", "-o", str(self.library_dir / "libnvidia-ml.so.1"), str(STANDIN_SOURCE)],
+            [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(STANDIN_SOURCE)],
             check=True,
             timeout=120,
         )

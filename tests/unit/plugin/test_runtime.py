@@ -100,15 +100,12 @@ def test_nvml_failing_mid_run_withdraws_the_energy_and_work_goes_on(tmp_path):
 
 
 def test_only_the_process_holding_the_lock_measures(tmp_path):
-    holder = open(tmp_path / LOCK_NAME, "a")  # another API-server process measures
-    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    try:
+    with open(tmp_path / LOCK_NAME, "a") as holder:  # another API-server process measures
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
         runtime, registry = make(tmp_path, FakeNvml([FakeGpu(uuid="GPU-a")]))
         runtime.publish_once()
         assert "token_economy_plugin_gpu_energy_joules_total{" not in page(registry)
         assert "nvml_up" not in (tmp_path / "plugin-4242.prom").read_text()
-    finally:
-        holder.close()
 
 
 def test_the_mirror_only_ever_adds_so_vllm_multiprocess_sums_hold(tmp_path):
