@@ -25,8 +25,9 @@ from exporter.config import Estimator, Settings, StaticPowerPolicy, StepCostPoli
 from exporter.ledger import Ledger
 from exporter.loop import CollectionLoop
 from exporter.server import HttpServer, MetricsCache, Routes
-from exporter.sources.energy import EnergySetup, EnergySourceError, open_energy_source
+from exporter.sources.energy import EnergyMode, EnergySetup, EnergySource, EnergySourceError, open_energy_source
 from exporter.sources.model_config import resolve_model
+from exporter.sources.plugin import PluginDirectory, PluginEnergy, WorkReader
 from exporter.sources.vllm import VllmSource
 
 EXPLICIT_WEIGHTS = (
@@ -193,8 +194,29 @@ def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpe
         collector(registry=registry)
     server = _listen(settings, Routes(MetricsCache(registry, ledger), ledger, settings.vllm_url, energy.mode))
 
-    vllm = VllmSource(
+    work = _work_reader(settings)
+    energy_reader = _energy_reader(EnergyMode(settings.energy_source), work, energy.source)
+    loop = CollectionLoop(work, energy_reader, attributor, ledger, log, settings.interval)
+    return App(loop, server, [work.close, energy_reader.close], log, ledger, attributor)
+
+
+def _work_reader(settings: Settings) -> WorkReader:
+    """vLLM's page, and the plugin's snapshot files first where a directory is shared."""
+    page = VllmSource(
         settings.vllm_url, settings.vllm_metrics_path, settings.effective_vllm_timeout, settings.vllm_max_response_bytes
     )
-    loop = CollectionLoop(vllm, energy.source, attributor, ledger, log, settings.interval)
-    return App(loop, server, [vllm.close, energy.source.close], log, ledger, attributor)
+    if settings.plugin_dir is None:
+        return WorkReader(page)
+    # A file not rewritten for a few ticks (the plugin publishes twice a second) is from a process that is gone.
+    return WorkReader(page, PluginDirectory(settings.plugin_dir, stale_seconds=max(30.0, 3 * settings.interval)))
+
+
+def _energy_reader(mode: EnergyMode, work: WorkReader, opened: EnergySource) -> EnergySource:
+    """auto: the plugin's measurement when it has one, the opened chain's otherwise; plugin: only
+    the plugin's; an explicit nvml, dcgm or phase-model: that source alone."""
+    if mode is EnergyMode.AUTO:
+        return PluginEnergy(work, opened)
+    if mode is EnergyMode.PLUGIN:
+        opened.close()  # the declared model only sized the prior
+        return PluginEnergy(work, None)
+    return opened

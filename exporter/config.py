@@ -64,7 +64,12 @@ class Settings(BaseSettings):
         description="Comma-separated GPU indices or UUIDs; by default this process's CUDA_VISIBLE_DEVICES, "
         "else vLLM's GPUs, else this process's NVIDIA_VISIBLE_DEVICES, else all it sees.",
     )
-    energy_source: EnergyMode = Field(EnergyMode.AUTO, description="auto, nvml, dcgm or phase-model.")
+    energy_source: EnergyMode = Field(EnergyMode.AUTO, description="auto, plugin, nvml, dcgm or phase-model.")
+    plugin_dir: Path | None = Field(
+        None,
+        description="Directory the vLLM plugin writes its snapshot files to (shared with vLLM's container): "
+        "read instead of vLLM's page.",
+    )
     power_sample_hz: float = Field(
         20.0, ge=10, le=1000, description="Power sampling rate where a GPU lacks the energy counter."
     )
@@ -315,6 +320,7 @@ COMPUTED_DEFAULTS = {
     "gpus": "found at start-up",  # the description says how
     "gpu_type": "from NVML, else H100",
     "gpu_count": "the GPUs found, else 1",
+    "plugin_dir": "none (read vLLM's page)",
     "dcgm_url": "none",
     "dcgm_pod": "none",
     "dcgm_namespace": "none",

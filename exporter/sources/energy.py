@@ -8,7 +8,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from types import ModuleType
 from typing import Any, Protocol, cast
@@ -34,7 +34,10 @@ ORIGIN_DCGM_POD = "dcgm-pod"  # the GPUs dcgm-exporter's pod labels give this po
 
 
 class EnergyMode(StrEnum):
-    AUTO = "auto"  # NVML, else DCGM where its URL is set, else the phase model
+    # The vLLM plugin's NVML readings wherever they arrive (app.py); when none do: NVML here,
+    # else DCGM where its URL is set, else the phase model.
+    AUTO = "auto"
+    PLUGIN = "plugin"  # only the vLLM plugin's readings; the energy read fails while it has none
     NVML = "nvml"  # fail if NVML cannot be read
     DCGM = "dcgm"  # the node's dcgm-exporter; fail if it cannot measure this pod's GPUs
     PHASE_MODEL = "phase-model"  # never touch NVML
@@ -100,9 +103,11 @@ def open_energy_source(
     `dcgm_transport` (default: the network) carries the requests to dcgm-exporter."""
     environ = os.environ if environ is None else environ
     wanted = EnergyMode(options.energy_source)
-    if wanted is EnergyMode.PHASE_MODEL:
+    if wanted in (EnergyMode.PHASE_MODEL, EnergyMode.PLUGIN):
+        # The plugin's GPUs are known only once it publishes: until then, the declared ones size the prior.
         declared = _select(options, environ, proc, lambda: None, log)
-        return _phase_model(options, clock, gpus=None, reasons=[], log=log, selection=declared)
+        setup = _phase_model(options, clock, gpus=None, reasons=[], log=log, selection=declared)
+        return setup if wanted is EnergyMode.PHASE_MODEL else replace(setup, mode=EnergyMode.PLUGIN)
     if wanted is EnergyMode.DCGM:
         if not options.dcgm_url:
             raise EnergySourceError(

@@ -190,4 +190,4 @@ def test_run_help_lists_the_dcgm_settings(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for flag in ("--dcgm-url", "--dcgm-pod", "--dcgm-namespace"):
         assert flag in text
-    assert "auto, nvml, dcgm or phase-model" in text and "TOKEN_ECONOMY_DCGM_URL; default: none]" in text
+    assert "auto, plugin, nvml, dcgm or phase-model" in text and "TOKEN_ECONOMY_DCGM_URL; default: none]" in text

@@ -154,3 +154,16 @@ def test_a_hostile_plugin_page_yields_no_negative_or_infinite_count():
     assert "-Inf" in text
     (engine,) = reader(Pages(text)).read().engines
     assert engine.generation_tokens is None
+
+
+def test_the_energy_setting_decides_who_may_answer():
+    from exporter.app import _energy_reader
+    from exporter.sources.energy import EnergyMode
+
+    work = reader(Pages(VLLM_PAGE + plugin_text(joules=5.0)))
+    work.read()
+    opened = Fallback()
+    assert _energy_reader(EnergyMode.AUTO, work, opened).read().origin == "plugin"
+    assert _energy_reader(EnergyMode.NVML, work, opened).read().origin == "nvml"  # an explicit choice holds
+    plugin_only = _energy_reader(EnergyMode.PLUGIN, work, opened)
+    assert opened.closed and plugin_only.read().origin == "plugin"
