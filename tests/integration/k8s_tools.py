@@ -33,8 +33,13 @@ RULES = ROOT / "deploy" / "prometheus" / "token-economy.rules.yml"
 DASHBOARDS = ROOT / "grafana" / "dashboards"
 
 OLDEST_NATIVE_SIDECAR = "1.29"
+OLDEST_DRA = "1.34"  # resource.k8s.io/v1 (ResourceClaimTemplate)
 OPERATOR_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 EXPORTER = "token-economy-exporter"
+VLLM = "vllm"
+# How the exporter reaches the GPUs' energy (README, "Deploying on locked-down GPU clusters").
+ACCESSES = ("plugin", "dra", "visibleDevices")
+PLUGIN_COPY = "/opt/token-economy/python"  # where the init container copies the plugin for vLLM
 
 _INSTALL = {
     "helm": "scripts/install-helm.sh DIR && export HELM=DIR/helm",
@@ -118,10 +123,12 @@ def kubernetes_validate(text: str, version: str, tmp_path: Path, expect_ok: bool
     return output
 
 
-def validate_both_versions(text: str, tmp_path: Path) -> None:
+def validate_both_versions(text: str, tmp_path: Path, oldest: str = OLDEST_NATIVE_SIDECAR) -> None:
+    """Valid for the oldest Kubernetes the objects need (1.29 for native sidecars, 1.34 for
+    resource.k8s.io/v1) and the newest kubernetes-validate carries."""
     newest = newest_kubernetes()
-    assert tuple(map(int, newest.split("."))) > (1, 29), newest
-    for version in (OLDEST_NATIVE_SIDECAR, newest):
+    assert tuple(map(int, newest.split("."))) > tuple(map(int, oldest.split("."))), newest
+    for version in (oldest, newest):
         kubernetes_validate(text, version, tmp_path)
 
 
@@ -218,10 +225,10 @@ def pod_spec(deployment: dict) -> dict:
 
 def exporter_container(deployment: dict, native: bool = True) -> dict:
     spec = pod_spec(deployment)
-    pool = spec.get("initContainers", []) if native else spec["containers"]
+    pool = (spec.get("initContainers") or []) if native else spec["containers"]
     found = [c for c in pool if c["name"] == EXPORTER]
     assert len(found) == 1, f"no {EXPORTER} in {'initContainers' if native else 'containers'}"
-    others = spec["containers"] if native else spec.get("initContainers", [])
+    others = spec["containers"] if native else (spec.get("initContainers") or [])
     assert not [c for c in others if c["name"] == EXPORTER], "the exporter appears twice"
     return found[0]
 
@@ -236,7 +243,7 @@ def check_pod(deployment: dict, native: bool = True) -> dict:
     for key in ("hostPID", "hostIPC", "hostNetwork"):
         assert not spec.get(key), key
     assert not [v for v in spec.get("volumes", []) if "hostPath" in v], "a hostPath volume"
-    for container in spec["containers"] + spec.get("initContainers", []):
+    for container in spec["containers"] + (spec.get("initContainers") or []):
         context = container.get("securityContext", {})
         assert not context.get("privileged") and context.get("allowPrivilegeEscalation") is False, container["name"]
         assert context.get("capabilities", {}).get("drop") == ["ALL"], container["name"]
@@ -257,16 +264,131 @@ def check_pod(deployment: dict, native: bool = True) -> dict:
     pod_context = spec["securityContext"]
     assert pod_context["runAsNonRoot"] is True and pod_context["seccompProfile"] == {"type": "RuntimeDefault"}
     assert isinstance(pod_context["runAsUser"], int) and pod_context["runAsUser"] > 0
-    for container in spec["containers"] + spec.get("initContainers", []):
+    for container in spec["containers"] + (spec.get("initContainers") or []):
         assert (
             container.get("securityContext", {}).get("runAsUser", pod_context["runAsUser"]) == pod_context["runAsUser"]
         )
-    assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"} in exporter.get("env", [])
     assert spec.get("automountServiceAccountToken") is False
+    check_references(spec)
     return exporter
 
 
+def check_references(spec: dict) -> None:
+    """Every mount names a volume of the pod and every claim a resource claim of the pod: the API
+    server refuses a pod that breaks either, and schema validation does not see it."""
+    volumes = [v["name"] for v in spec.get("volumes", [])]
+    claims = [c["name"] for c in spec.get("resourceClaims", [])]
+    assert len(set(volumes)) == len(volumes) and len(set(claims)) == len(claims), (volumes, claims)
+    for container in spec["containers"] + (spec.get("initContainers") or []):
+        for mount in container.get("volumeMounts", []):
+            assert mount["name"] in volumes, f"{container['name']} mounts {mount['name']}, not a volume of the pod"
+        for claim in container.get("resources", {}).get("claims", []):
+            assert claim["name"] in claims, f"{container['name']} uses claim {claim['name']}, not one of the pod's"
+
+
+def vllm_container(deployment: dict) -> dict:
+    (vllm,) = [c for c in pod_spec(deployment)["containers"] if c["name"] == VLLM]
+    return vllm
+
+
+def env_list(container: dict) -> dict[str, dict]:
+    return {item["name"]: item for item in container.get("env", [])}
+
+
+def gpu_resources(container: dict) -> list[str]:
+    resources = container.get("resources", {})
+    return [k for part in ("requests", "limits") for k in resources.get(part, {}) if "gpu" in k]
+
+
+def check_energy_access(deployment: dict, access: str, plugin: bool, native: bool = True) -> dict:
+    """How the exporter reaches the GPUs' energy, as promised for each kind of cluster; returns the
+    exporter container.
+
+    plugin: vLLM writes the plugin's snapshots to an in-memory emptyDir that the exporter mounts
+    read-only, both with TOKEN_ECONOMY_PLUGIN_DIR at the mount; vLLM's arguments send it per-step
+    details. Without it: none of that, and not --disable-log-stats, which without a plugin would
+    remove vLLM's own counters.
+    access plugin: the exporter has no GPU access at all (no NVIDIA_VISIBLE_DEVICES, no claim);
+    dra: vLLM and the exporter reference the same claim, nothing requests nvidia.com/gpu;
+    visibleDevices: the exporter sets NVIDIA_VISIBLE_DEVICES and requests nothing."""
+    assert access in ACCESSES, access
+    spec = pod_spec(deployment)
+    exporter, vllm = exporter_container(deployment, native), vllm_container(deployment)
+    exporter_env, vllm_env = env_list(exporter), env_list(vllm)
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    args = [str(a) for a in vllm.get("args", [])]
+
+    if plugin:
+        directory = vllm_env["TOKEN_ECONOMY_PLUGIN_DIR"]["value"]
+        assert exporter_env["TOKEN_ECONOMY_PLUGIN_DIR"] == {"name": "TOKEN_ECONOMY_PLUGIN_DIR", "value": directory}
+        (exporter_mount,) = [m for m in exporter.get("volumeMounts", []) if m["mountPath"] == directory]
+        (vllm_mount,) = [m for m in vllm["volumeMounts"] if m["mountPath"] == directory]
+        assert exporter_mount["name"] == vllm_mount["name"]
+        assert exporter_mount.get("readOnly") is True and not vllm_mount.get("readOnly")
+        empty_dir = volumes[vllm_mount["name"]]["emptyDir"]
+        assert empty_dir["medium"] == "Memory" and empty_dir["sizeLimit"] == "1Mi", empty_dir
+        assert args[-2:] == ["--enable-logging-iteration-details", "--disable-log-stats"], args
+    else:
+        for container in (exporter, vllm):
+            assert not {"TOKEN_ECONOMY_PLUGIN_DIR", "TOKEN_ECONOMY_PLUGIN_NVML", "PYTHONPATH"} & set(
+                env_list(container)
+            ), container["name"]
+        assert "--disable-log-stats" not in args and "--enable-logging-iteration-details" not in args, args
+        assert not [v for v in volumes if v.startswith("token-economy")], volumes
+        assert vllm["image"].startswith("vllm/vllm-openai:"), "vLLM's stock image without the plugin"
+
+    assert not gpu_resources(exporter), "the exporter must not request a GPU"
+    exporter_claims = exporter.get("resources", {}).get("claims", [])
+    if access == "dra":
+        assert exporter_claims and exporter_claims == vllm["resources"]["claims"], (exporter_claims, vllm)
+        for container in spec["containers"] + (spec.get("initContainers") or []):
+            assert not gpu_resources(container), f"{container['name']}: a device-plugin GPU beside the claim"
+    else:
+        assert not exporter_claims and "resourceClaims" not in spec
+        assert gpu_resources(vllm), "vLLM gets its GPUs from the device plugin"
+    if access == "visibleDevices":
+        assert exporter_env["NVIDIA_VISIBLE_DEVICES"] == {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}
+        assert exporter_env["NVIDIA_DRIVER_CAPABILITIES"]["value"] == "utility"
+    else:
+        assert "NVIDIA_VISIBLE_DEVICES" not in exporter_env, "the exporter must have no GPU access of its own"
+    return exporter
+
+
+def check_plugin_installer(deployment: dict) -> list[str]:
+    """The plugin copied in for vLLM's stock image: an init container of the exporter's image,
+    hardened like the exporter, that has finished before vLLM starts (no restartPolicy), writes
+    into an emptyDir that vLLM mounts read-only at PYTHONPATH. Returns its command."""
+    spec = pod_spec(deployment)
+    (installer,) = [c for c in spec["initContainers"] if c["name"] == "token-economy-plugin"]
+    vllm, exporter = vllm_container(deployment), exporter_container(deployment, exporter_is_native(spec))
+    assert "restartPolicy" not in installer, "an init container that runs to completion"
+    assert installer["image"] == exporter["image"], "the plugin and the exporter are one release"
+    assert installer["securityContext"] == exporter["securityContext"]
+    assert not gpu_resources(installer) and installer["resources"]["limits"]["memory"]
+    assert env_list(vllm)["PYTHONPATH"]["value"] == PLUGIN_COPY
+    (mount,) = [m for m in installer["volumeMounts"] if m["mountPath"] == PLUGIN_COPY]
+    (vllm_mount,) = [m for m in vllm["volumeMounts"] if m["mountPath"] == PLUGIN_COPY]
+    assert mount["name"] == vllm_mount["name"] and vllm_mount.get("readOnly") is True and not mount.get("readOnly")
+    volume = {v["name"]: v for v in spec["volumes"]}[mount["name"]]
+    assert set(volume) == {"name", "emptyDir"}, volume
+    command = [str(a) for a in installer["command"]]
+    # -I: the image's site-packages only, whatever the working directory or PYTHON* variables.
+    assert command[:3] == ["/opt/venv/bin/python", "-I", "-c"] and command[4] == PLUGIN_COPY, command
+    assert "args" not in installer, "the command is complete: exec form, no shell in the image"
+    return command
+
+
+def exporter_is_native(spec: dict) -> bool:
+    return any(c["name"] == EXPORTER for c in spec.get("initContainers") or [])
+
+
+# Values the downward API would give, to read the settings a pod's environment makes.
+DOWNWARD = {"status.hostIP": "10.0.3.17", "metadata.name": "vllm-5d9c7b8f6-x2x4q", "metadata.namespace": "ml-serving"}
+
+
 def exporter_environment(container: dict, config_maps: list[dict] = ()) -> dict[str, str]:
+    """The container's environment as the kubelet would give it: ConfigMaps, then `env` in order,
+    downward-API fields as DOWNWARD says, and $(NAME) references to earlier variables expanded."""
     env = {}
     for source in container.get("envFrom", []):
         name = source["configMapRef"]["name"]
@@ -274,7 +396,9 @@ def exporter_environment(container: dict, config_maps: list[dict] = ()) -> dict[
         env.update(config_map["data"])
     for item in container.get("env", []):
         if "value" in item:
-            env[item["name"]] = item["value"]
+            env[item["name"]] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), item["value"])
+        elif "fieldRef" in item.get("valueFrom", {}):
+            env[item["name"]] = DOWNWARD[item["valueFrom"]["fieldRef"]["fieldPath"]]
     return env
 
 
