@@ -3,10 +3,14 @@ in ci/; every rendered object valid for Kubernetes 1.29 and the newest kubernete
 carries (strict); the Prometheus Operator objects valid for the Operator's models; the
 PrometheusRule's rules accepted by promtool and, at default values, exactly those of
 deploy/prometheus; each object toggleable; the values schema enforced; the sidecar template
-usable from a chart of one's own, as the chart's README shows."""
+usable from a chart of one's own, as the chart's README shows. Each energyAccess (plugin, dra,
+visibleDevices) and plugin.install (image, initContainer, none) renders the pod that kind of
+GPU cluster needs, the same pod as the kustomize base with the matching components."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import tomllib
@@ -18,26 +22,46 @@ import yaml
 from tests.integration.k8s_tools import (
     CHART,
     KUSTOMIZE,
+    OLDEST_DRA,
+    OLDEST_NATIVE_SIDECAR,
     RULES,
     by_kind,
     check_dashboards,
+    check_energy_access,
     check_operator_objects,
+    check_plugin_installer,
     check_pod,
     check_settings_accepted,
     documents,
+    env_list,
+    exporter_container,
     exporter_environment,
+    exporter_is_native,
     kubernetes_validate,
     one,
+    pod_spec,
     promtool_check,
     run,
     source_rules,
     tool,
     validate_both_versions,
+    vllm_container,
 )
 
 ROOT = CHART.parents[1]
 VALUES_FILES = sorted((CHART / "ci").glob("*-values.yaml"))
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+# values file: (energyAccess, whether vLLM carries the plugin, the oldest Kubernetes it needs);
+# monitoring-only renders no pod.
+SHAPES = {
+    "defaults-values": ("plugin", True, OLDEST_NATIVE_SIDECAR),
+    "dra-values": ("dra", False, OLDEST_DRA),
+    "everything-on-values": ("plugin", True, OLDEST_NATIVE_SIDECAR),
+    "monitoring-only-values": (None, None, OLDEST_NATIVE_SIDECAR),
+    "plugin-init-container-values": ("plugin", True, OLDEST_NATIVE_SIDECAR),
+    "visible-devices-values": ("visibleDevices", False, OLDEST_NATIVE_SIDECAR),
+}
+STOCK_VLLM = ["--set", "vllm.image.repository=vllm/vllm-openai", "--set", "vllm.image.tag=v0.32.0"]
 
 
 def helm(*args: str, check: bool = True):
@@ -56,12 +80,16 @@ def alerts(spec: dict) -> dict[str, dict]:
     return {rule["alert"]: rule for group in spec["groups"] for rule in group["rules"] if "alert" in rule}
 
 
-def test_there_are_values_files_for_defaults_monitoring_only_and_everything_on():
+def test_there_are_values_files_for_defaults_monitoring_only_everything_on_and_each_energy_access():
     assert [p.name for p in VALUES_FILES] == [
         "defaults-values.yaml",
+        "dra-values.yaml",
         "everything-on-values.yaml",
         "monitoring-only-values.yaml",
+        "plugin-init-container-values.yaml",
+        "visible-devices-values.yaml",
     ]
+    assert sorted(SHAPES) == [p.stem for p in VALUES_FILES]
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
@@ -71,10 +99,23 @@ def test_lint_strict(values):
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
-def test_every_rendered_object_is_valid_for_1_29_and_the_newest_kubernetes(values, tmp_path):
+def test_every_rendered_object_is_valid_for_the_oldest_kubernetes_it_needs_and_the_newest(values, tmp_path):
     text = template("-f", str(values)).stdout
-    validate_both_versions(text, tmp_path)
+    validate_both_versions(text, tmp_path, SHAPES[values.stem][2])
     assert check_operator_objects(documents(text)) >= 2
+
+
+@pytest.mark.parametrize("values", [p for p in VALUES_FILES if SHAPES[p.stem][0]], ids=lambda p: p.stem)
+def test_each_values_file_gives_the_exporter_the_energy_access_it_names(values, monkeypatch):
+    access, plugin, _ = SHAPES[values.stem]
+    docs = render("-f", str(values))
+    deployment = one(docs, "Deployment")
+    native = exporter_is_native(pod_spec(deployment))
+    exporter = check_pod(deployment, native=native)
+    check_energy_access(deployment, access, plugin, native=native)
+    if yaml.safe_load(values.read_text()).get("plugin", {}).get("install") == "initContainer":
+        check_plugin_installer(deployment)
+    check_settings_accepted(exporter_environment(exporter), monkeypatch)
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
@@ -168,6 +209,8 @@ EVERYTHING = {"Deployment", "Service", "PodMonitor", "PrometheusRule", "ConfigMa
         (["prometheusRule.enabled=false"], EVERYTHING - {"PrometheusRule"}),
         (["dashboards.enabled=false"], EVERYTHING - {"ConfigMap"}),
         (["exporter.enabled=false"], EVERYTHING),
+        (["energyAccess=dra"], EVERYTHING | {"ResourceClaimTemplate"}),
+        (["energyAccess=dra", "dra.resourceClaimTemplateName=gpus-of-my-own"], EVERYTHING),
     ],
 )
 def test_each_object_can_be_turned_off(settings, kinds):
@@ -178,6 +221,9 @@ def test_each_object_can_be_turned_off(settings, kinds):
         spec = one(docs, "Deployment")["spec"]["template"]["spec"]
         assert "initContainers" not in spec and "shareProcessNamespace" not in spec
         assert [c["name"] for c in spec["containers"]] == ["vllm"]
+        # Nor the plugin's wiring, which is for the exporter.
+        assert [v["name"] for v in spec["volumes"]] == ["home", "shm"]
+        assert "--disable-log-stats" not in spec["containers"][0]["args"]
 
 
 @pytest.mark.parametrize(
@@ -195,6 +241,14 @@ def test_each_object_can_be_turned_off(settings, kinds):
         (["--set", "exporter.portName=Token_Economy"], "portName"),
         (["--set", "gpu.count=0"], "count"),
         (["--set", "pricng.gpuHourlyPrice=2"], "pricng"),
+        (["--set", "energyAccess=nvidia"], "energyAccess"),
+        (["--set", "plugin.install=pip"], "install"),
+        (["--set", "dcgm.url=dcgm:9400"], "url"),
+        (["--set", "dra.claimName=GPUs"], "claimName"),
+        # plugin mode with nothing to measure: no plugin, or the plugin without NVML, and no DCGM.
+        (["--set", "plugin.install=none"], "energyAccess=plugin needs the plugin in vLLM"),
+        (["--set", "plugin.nvml=false"], "plugin.nvml=false leaves nothing to measure"),
+        (["--set", "energyAccess=dra", "--kube-version", "1.33.4"], "energyAccess=dra needs resource.k8s.io/v1"),
     ],
 )
 def test_bad_values_stop_the_render_naming_the_value(args, message):
@@ -222,6 +276,7 @@ def test_the_sidecar_pod_by_default_is_a_hardened_native_sidecar(monkeypatch):
     docs = render()
     deployment = one(docs, "Deployment")
     exporter = check_pod(deployment, native=True)
+    check_energy_access(deployment, "plugin", plugin=True)
     assert exporter["resources"]["requests"]["cpu"] == "10m" and "cpu" not in exporter["resources"]["limits"]
     settings = check_settings_accepted(exporter_environment(exporter), monkeypatch)
     assert (settings.vllm_url, settings.interval, settings.gpu_hourly_price) == ("http://127.0.0.1:8000", 5.0, 0.0)
@@ -280,7 +335,7 @@ def test_native_sidecars_on_an_older_cluster_stop_the_render_and_the_fallback_wo
 
 def test_the_chart_renders_what_the_kustomize_base_ships():
     chart = render()
-    base = documents(run(tool("kubectl"), "kustomize", str(KUSTOMIZE)).stdout)
+    base = documents(kustomize_overlay([]))
     # The base also holds the exporter's settings as a ConfigMap; the chart sets them inline.
     assert {d["kind"] for d in chart} == {d["kind"] for d in base}
     assert one(chart, "PrometheusRule")["spec"] == one(base, "PrometheusRule")["spec"]
@@ -306,6 +361,10 @@ def test_notes_say_where_to_look():
         "grafana_dashboard",
         "podMonitor.labels.release",
         "WARNING: pricing.gpuHourlyPrice is 0",
+        "energyAccess=plugin",
+        "token_economy_sources_info",
+        "TokenEconomyEnergyModelled",
+        "must carry the plugin",
     ):
         assert expected in notes, expected
     for title in (
@@ -325,6 +384,10 @@ def test_chart_image_and_package_versions_agree():
     kustomized = yaml.safe_load((KUSTOMIZE / "vllm-deployment.yaml").read_text())
     images = {c["name"]: c["image"] for c in kustomized["spec"]["template"]["spec"]["initContainers"]}
     assert images["token-economy-exporter"].endswith(":" + project)
+    # vLLM's image with the plugin: vLLM's tag, then the plugin's version, in both.
+    (vllm,) = kustomized["spec"]["template"]["spec"]["containers"]
+    plugin_image = f"{VALUES['vllm']['image']['repository']}:{VALUES['vllm']['image']['tag']}"
+    assert vllm["image"] == plugin_image and plugin_image.endswith(f"-{project}")
 
 
 # -- a chart of one's own, as the README shows ---------------------------------------------------
@@ -353,11 +416,10 @@ def parent_chart(tmp_path: Path, native: bool) -> Path:
         # As the README says: the same include with "native" false, under containers.
         lines = snippet.splitlines(keepends=True)
         start = lines.index("      initContainers:\n")
-        include = lines[start + 1].replace('"token-economy-exporter"))', '"token-economy-exporter") "native" false)')
-        assert include != lines[start + 1] and lines[-1].startswith("              mountPath"), (
-            "the README's example moved"
-        )
-        snippet = "".join(lines[:start] + lines[start + 2 :] + [include])
+        include = lines[start + 1].replace('(dict "values" $tee)', '(dict "values" $tee "native" false)')
+        assert include != lines[start + 1] and "token-economy-exporter.sidecar" in include, "the README's example moved"
+        assert "token-economy-exporter.vllmVolumeMounts" in lines[-1], "the README's example moved"
+        snippet = "".join(lines[: start + 1] + lines[start + 2 :] + [include])
     (parent / "templates" / "deployment.yaml").write_text(snippet)
     return parent
 
@@ -374,8 +436,126 @@ def test_the_sidecar_template_works_in_a_chart_of_ones_own(tmp_path, native, mon
     pool = spec["initContainers"] if native else spec["containers"]
     (exporter,) = [c for c in pool if c["name"] == "token-economy-exporter"]
     assert (exporter.get("restartPolicy") == "Always") is native
+    check_pod(deployments[0], native=native)  # every mount names a volume of the pod
+    check_energy_access(deployments[0], "plugin", plugin=True, native=native)
     settings = check_settings_accepted(exporter_environment(exporter), monkeypatch)
     assert (settings.gpu_hourly_price, settings.currency, settings.interval) == (3.1, "EUR", 5.0)
     assert {d["kind"] for d in docs} == {"Deployment", "PodMonitor", "PrometheusRule", "ConfigMap"}
     assert one(docs, "PodMonitor")["spec"]["selector"] == {"matchLabels": {"app": "my-vllm"}}
     validate_both_versions(text, tmp_path)
+
+
+# -- the kinds of GPU cluster, as the kustomize components build them --------------------------------
+
+
+def kustomize_overlay(components: list[str], tmp: Path | None = None) -> str:
+    if not components:
+        return run(tool("kubectl"), "kustomize", str(KUSTOMIZE)).stdout
+    base = os.path.relpath(KUSTOMIZE, tmp)
+    listed = "".join(f"  - {base}/components/{c}\n" for c in components)
+    (tmp / "kustomization.yaml").write_text(f"resources:\n  - {base}\ncomponents:\n{listed}")
+    return run(tool("kubectl"), "kustomize", str(tmp)).stdout
+
+
+EXPORTER_ENERGY_ENV = {
+    "TOKEN_ECONOMY_PLUGIN_DIR",
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+    "HOST_IP",
+    "TOKEN_ECONOMY_DCGM_URL",
+    "TOKEN_ECONOMY_DCGM_POD",
+    "TOKEN_ECONOMY_DCGM_NAMESPACE",
+}
+
+
+def energy_shape(docs: list[dict]) -> dict:
+    """Everything in the pod that the energy access and the plugin decide, names of the objects
+    that differ between the chart and kustomize (the claim template) left out."""
+    deployment = one(docs, "Deployment")
+    spec = pod_spec(deployment)
+    exporter = exporter_container(deployment, exporter_is_native(spec))
+    vllm = vllm_container(deployment)
+    templates = [t["spec"] for t in by_kind(docs, "ResourceClaimTemplate")]
+    return {
+        "exporter env": [e for e in exporter.get("env", []) if e["name"] in EXPORTER_ENERGY_ENV],
+        "exporter mounts": exporter.get("volumeMounts", []),
+        "exporter claims": exporter["resources"].get("claims"),
+        "vllm image": vllm["image"],
+        "vllm args": vllm["args"][vllm["args"].index("--port") + 2 :],
+        "vllm env": [e for e in vllm["env"] if e["name"] != "HOME"],
+        "vllm mounts": [m for m in vllm["volumeMounts"] if m["name"] not in ("home", "shm")],
+        "vllm resources": {k: sorted(v) if isinstance(v, dict) else v for k, v in vllm["resources"].items()},
+        "volumes": [v for v in spec["volumes"] if v["name"] not in ("home", "shm")],
+        "installers": [c for c in spec.get("initContainers") or [] if c["name"] != "token-economy-exporter"],
+        "pod claims": [c["name"] for c in spec.get("resourceClaims", [])],
+        "claim templates": templates,
+    }
+
+
+# kind: (kustomize components, chart arguments)
+KINDS = {
+    "plugin": ([], []),
+    "dra": (["dra"], ["--set", "energyAccess=dra"]),
+    "dra with vLLM's stock image": (
+        ["dra", "no-plugin"],
+        ["--set", "energyAccess=dra", "--set", "plugin.install=none", *STOCK_VLLM],
+    ),
+    "visible devices, as before": (
+        ["visible-devices", "no-plugin"],
+        ["-f", str(CHART / "ci" / "visible-devices-values.yaml")],
+    ),
+    "plugin by init container": (["plugin-init-container"], ["--set", "plugin.install=initContainer", *STOCK_VLLM]),
+    "dcgm": (["dcgm"], ["--set", "dcgm.enabled=true"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_the_chart_and_the_kustomize_components_build_the_same_pod_for_each_kind(kind, tmp_path):
+    components, arguments = KINDS[kind]
+    chart = energy_shape(render(*arguments))
+    base = energy_shape(documents(kustomize_overlay(components, tmp_path)))
+    for key in chart:
+        assert chart[key] == base[key], f"{kind}: {key}"
+
+
+def test_dra_claims_gpu_count_devices_of_the_class_and_can_use_a_template_of_ones_own(tmp_path):
+    docs = render("--set", "energyAccess=dra", "--set", "gpu.count=4", "--set", "dra.deviceClassName=gpu.example.com")
+    (request,) = one(docs, "ResourceClaimTemplate")["spec"]["spec"]["devices"]["requests"]
+    assert request["exactly"] == {"deviceClassName": "gpu.example.com", "allocationMode": "ExactCount", "count": 4}
+    spec = pod_spec(one(docs, "Deployment"))
+    assert spec["resourceClaims"] == [
+        {"name": "gpus", "resourceClaimTemplateName": one(docs, "ResourceClaimTemplate")["metadata"]["name"]}
+    ]
+    check_energy_access(one(docs, "Deployment"), "dra", plugin=True)
+    text = template("--set", "energyAccess=dra", "--set", "dra.resourceClaimTemplateName=h100-pair").stdout
+    assert pod_spec(one(documents(text), "Deployment"))["resourceClaims"][0]["resourceClaimTemplateName"] == "h100-pair"
+    validate_both_versions(text, tmp_path, OLDEST_DRA)
+
+
+def test_an_explicit_nvidia_visible_devices_is_honoured_in_every_mode():
+    # exporter.nvidiaVisibleDevices was the chart's one GPU setting: set, it still reaches the exporter.
+    for access in ("plugin", "dra", "visibleDevices"):
+        docs = render("--set", f"energyAccess={access}", "--set", "exporter.nvidiaVisibleDevices=GPU-1f2e3d4c")
+        exporter = check_pod(one(docs, "Deployment"))
+        assert env_list(exporter)["NVIDIA_VISIBLE_DEVICES"]["value"] == "GPU-1f2e3d4c", access
+
+
+def test_plugin_mode_without_the_plugin_is_fine_where_dcgm_or_the_phase_model_is_chosen(monkeypatch):
+    for extra in (["--set", "dcgm.enabled=true"], ["--set", "exporter.energySource=phase-model"]):
+        docs = render("--set", "plugin.install=none", *STOCK_VLLM, *extra)
+        deployment = one(docs, "Deployment")
+        check_energy_access(deployment, "plugin", plugin=False)
+        check_settings_accepted(exporter_environment(check_pod(deployment)), monkeypatch)
+
+
+def test_the_plugin_without_nvml_tells_vllm_so():
+    docs = render("--set", "plugin.nvml=false", "--set", "dcgm.enabled=true")
+    assert env_list(vllm_container(one(docs, "Deployment")))["TOKEN_ECONOMY_PLUGIN_NVML"]["value"] == "0"
+
+
+def test_the_schema_offers_the_exporters_energy_sources():
+    from exporter.sources.energy import EnergyMode
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    offered = schema["properties"]["exporter"]["properties"]["energySource"]["enum"]
+    assert sorted(offered) == sorted(mode.value for mode in EnergyMode)

@@ -62,13 +62,24 @@ own. Call it with a dict:
 With native true it renders an init container with restartPolicy: Always (a native sidecar,
 Kubernetes >= 1.29): put it under initContainers. With native false, an ordinary container: put
 it under containers. Either way the pod needs shareProcessNamespace: true and the exporter must
-run as vLLM's UID for GPU discovery (helm/token-economy-exporter/README.md).
+run as vLLM's UID for GPU discovery (helm/token-economy-exporter/README.md), the volumes of
+"token-economy-exporter.volumes", and, with energyAccess=dra, the claim dra.claimName in its
+resourceClaims. vLLM's container takes "token-economy-exporter.vllmEnv" and
+"token-economy-exporter.vllmVolumeMounts", and "token-economy-exporter.pluginInstaller" goes
+under initContainers (it renders nothing unless plugin.install=initContainer).
 */}}
 {{- define "token-economy-exporter.sidecar" -}}
 {{- $v := .values }}
 {{- $e := $v.exporter }}
 {{- $native := $e.nativeSidecar }}
 {{- if hasKey . "native" }}{{ $native = .native }}{{ end -}}
+{{- include "token-economy-exporter.checkEnergyAccess" $v }}
+{{- $visibleDevices := $e.nvidiaVisibleDevices }}
+{{- if eq $v.energyAccess "visibleDevices" }}{{ $visibleDevices = $e.nvidiaVisibleDevices | default "all" }}{{ end }}
+{{- $resources := deepCopy $e.resources }}
+{{- if eq $v.energyAccess "dra" }}
+{{- $_ := set $resources "claims" (append ($resources.claims | default list) (dict "name" $v.dra.claimName)) }}
+{{- end }}
 - name: {{ $e.containerName }}
   image: {{ printf "%s:%s" $e.image.repository ($e.image.tag | toString) | quote }}
   imagePullPolicy: {{ $e.image.pullPolicy }}
@@ -115,7 +126,30 @@ run as vLLM's UID for GPU discovery (helm/token-economy-exporter/README.md).
     - name: {{ printf "TOKEN_ECONOMY_%s" (upper $key) }}
       value: {{ $value | toString | quote }}
     {{- end }}
-    {{- with $e.nvidiaVisibleDevices }}
+    {{- if ne $v.plugin.install "none" }}
+    # The plugin's snapshots: work and energy from inside vLLM's process, read without asking
+    # vLLM for its page and without a GPU here.
+    - name: TOKEN_ECONOMY_PLUGIN_DIR
+      value: {{ $v.plugin.dir | quote }}
+    {{- end }}
+    {{- if $v.dcgm.enabled }}
+    # The node's dcgm-exporter, for this pod's GPUs.
+    - name: HOST_IP
+      valueFrom:
+        fieldRef:
+          fieldPath: status.hostIP
+    - name: TOKEN_ECONOMY_DCGM_URL
+      value: {{ $v.dcgm.url | quote }}
+    - name: TOKEN_ECONOMY_DCGM_POD
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    - name: TOKEN_ECONOMY_DCGM_NAMESPACE
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.namespace
+    {{- end }}
+    {{- with $visibleDevices }}
     # The exporter requests no GPU; this makes the NVIDIA runtime give it the node's GPUs and
     # NVML, and GPU discovery narrows them to vLLM's.
     - name: NVIDIA_VISIBLE_DEVICES
@@ -146,11 +180,142 @@ run as vLLM's UID for GPU discovery (helm/token-economy-exporter/README.md).
     timeoutSeconds: 5
     failureThreshold: 3
   resources:
-    {{- toYaml $e.resources | nindent 4 }}
+    {{- toYaml $resources | nindent 4 }}
   securityContext:
     {{- toYaml $e.securityContext | nindent 4 }}
-  {{- with $e.extraVolumeMounts }}
+  {{- if or (ne $v.plugin.install "none") $e.extraVolumeMounts }}
   volumeMounts:
+    {{- if ne $v.plugin.install "none" }}
+    - name: token-economy
+      mountPath: {{ $v.plugin.dir | quote }}
+      readOnly: true
+    {{- end }}
+    {{- with $e.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
+    {{- end }}
   {{- end }}
+{{- end }}
+
+{{/*
+The checks every mode needs, with a message naming the value to change. Called with the values.
+*/}}
+{{- define "token-economy-exporter.checkEnergyAccess" -}}
+{{- if and (eq .energyAccess "plugin") (not .dcgm.enabled) (ne .exporter.energySource "phase-model") }}
+{{- if eq .plugin.install "none" }}
+{{- fail "energyAccess=plugin needs the plugin in vLLM (plugin.install=image with an image built from deploy/vllm-plugin/Dockerfile, or plugin.install=initContainer), or DCGM (dcgm.enabled=true); without either, choose energyAccess=dra or visibleDevices" }}
+{{- end }}
+{{- if not .plugin.nvml }}
+{{- fail "energyAccess=plugin with plugin.nvml=false leaves nothing to measure energy: set dcgm.enabled=true, or energyAccess=dra or visibleDevices" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+vLLM's environment for the plugin: where it writes its snapshots, whether it reads NVML, and (for
+the copied plugin) where Python finds it. Called with (dict "values" ...); renders EnvVar items.
+*/}}
+{{- define "token-economy-exporter.vllmEnv" -}}
+{{- $v := .values }}
+{{- if ne $v.plugin.install "none" }}
+- name: TOKEN_ECONOMY_PLUGIN_DIR
+  value: {{ $v.plugin.dir | quote }}
+{{- if not $v.plugin.nvml }}
+- name: TOKEN_ECONOMY_PLUGIN_NVML
+  value: "0"
+{{- end }}
+{{- end }}
+{{- if eq $v.plugin.install "initContainer" }}
+# The plugin copied by the init container: Python reads its entry point from the dist-info here.
+- name: PYTHONPATH
+  value: /opt/token-economy/python
+{{- end }}
+{{- end }}
+
+{{/* vLLM's mounts for the plugin. Called with (dict "values" ...); renders VolumeMount items. */}}
+{{- define "token-economy-exporter.vllmVolumeMounts" -}}
+{{- $v := .values }}
+{{- if ne $v.plugin.install "none" }}
+- name: token-economy
+  mountPath: {{ $v.plugin.dir | quote }}
+{{- end }}
+{{- if eq $v.plugin.install "initContainer" }}
+- name: token-economy-python
+  mountPath: /opt/token-economy/python
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+vLLM's extra arguments with the plugin: per-step details reach it, and vLLM's default logger does
+not print one line per step (vLLM's /metrics stays as it is while a plugin is loaded).
+*/}}
+{{- define "token-economy-exporter.vllmArgs" -}}
+{{- if ne .values.plugin.install "none" }}
+- --enable-logging-iteration-details
+- --disable-log-stats
+{{- end }}
+{{- end }}
+
+{{/* The pod's volumes for the plugin. Called with (dict "values" ...); renders Volume items. */}}
+{{- define "token-economy-exporter.volumes" -}}
+{{- $v := .values }}
+{{- if ne $v.plugin.install "none" }}
+# The plugin's snapshots: one small text file per vLLM API-server process.
+- name: token-economy
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ $v.plugin.sizeLimit }}
+{{- end }}
+{{- if eq $v.plugin.install "initContainer" }}
+- name: token-economy-python
+  emptyDir:
+    sizeLimit: 64Mi
+{{- end }}
+{{- end }}
+
+{{/*
+plugin.install=initContainer: the exporter's image copies every installed file (its RECORD) of the
+package, whose dist-info declares the vllm.stat_logger_plugins entry point, and of nvidia-ml-py
+(pynvml, which the plugin reads NVML with) into an emptyDir that vLLM's container finds through
+PYTHONPATH. Console scripts outside site-packages and the image's bytecode stay behind. Exec form:
+the image has no shell; -I: only the image's own site-packages count. Called with
+(dict "values" ...); renders one container, or nothing.
+*/}}
+{{- define "token-economy-exporter.pluginInstaller" -}}
+{{- $v := .values }}
+{{- $e := $v.exporter }}
+{{- if eq $v.plugin.install "initContainer" }}
+- name: token-economy-plugin
+  image: {{ printf "%s:%s" $e.image.repository ($e.image.tag | toString) | quote }}
+  imagePullPolicy: {{ $e.image.pullPolicy }}
+  command:
+    - /opt/venv/bin/python
+    - -I
+    - -c
+    - |
+      import importlib.metadata, pathlib, shutil, sys
+      target = pathlib.Path(sys.argv[1])
+      for name in sys.argv[2:]:
+          dist = importlib.metadata.distribution(name)
+          for file in dist.files:
+              if ".." in file.parts or "__pycache__" in file.parts:
+                  continue
+              (target / file).parent.mkdir(parents=True, exist_ok=True)
+              shutil.copyfile(dist.locate_file(file), target / file)
+          print(f"copied {name} {dist.version} to {target}")
+    - /opt/token-economy/python
+    - token-economy-exporter
+    - nvidia-ml-py
+  resources:
+    requests:
+      cpu: 10m
+      memory: 64Mi
+    limits:
+      memory: 128Mi
+  securityContext:
+    {{- toYaml $e.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: token-economy-python
+      mountPath: /opt/token-economy/python
+{{- end }}
 {{- end }}
