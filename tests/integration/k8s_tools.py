@@ -305,9 +305,11 @@ def check_energy_access(deployment: dict, access: str, plugin: bool, native: boo
     exporter container.
 
     plugin: vLLM writes the plugin's snapshots to an in-memory emptyDir that the exporter mounts
-    read-only, both with TOKEN_ECONOMY_PLUGIN_DIR at the mount; vLLM's arguments send it per-step
-    details. Without it: none of that, and not --disable-log-stats, which without a plugin would
-    remove vLLM's own counters.
+    read-only, both with TOKEN_ECONOMY_PLUGIN_DIR at the mount; vLLM's one extra argument,
+    --enable-logging-iteration-details, sends it per-step details (the plugin silences vLLM's
+    per-step log lines). Without it: none of that, since the flag would only add a log line per
+    step. In no mode --disable-log-stats, which would remove vLLM's own counters whenever the
+    plugin is missing from vLLM's image.
     access plugin: the exporter has no GPU access at all (no NVIDIA_VISIBLE_DEVICES, no claim);
     dra: vLLM and the exporter reference the same claim, nothing requests nvidia.com/gpu;
     visibleDevices: the exporter sets NVIDIA_VISIBLE_DEVICES and requests nothing."""
@@ -317,6 +319,7 @@ def check_energy_access(deployment: dict, access: str, plugin: bool, native: boo
     exporter_env, vllm_env = env_list(exporter), env_list(vllm)
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     args = [str(a) for a in vllm.get("args", [])]
+    assert "--disable-log-stats" not in args, args
 
     if plugin:
         directory = vllm_env["TOKEN_ECONOMY_PLUGIN_DIR"]["value"]
@@ -327,13 +330,14 @@ def check_energy_access(deployment: dict, access: str, plugin: bool, native: boo
         assert exporter_mount.get("readOnly") is True and not vllm_mount.get("readOnly")
         empty_dir = volumes[vllm_mount["name"]]["emptyDir"]
         assert empty_dir["medium"] == "Memory" and empty_dir["sizeLimit"] == "1Mi", empty_dir
-        assert args[-2:] == ["--enable-logging-iteration-details", "--disable-log-stats"], args
+        assert args[-1] == "--enable-logging-iteration-details", args
+        assert args.count("--enable-logging-iteration-details") == 1, args
     else:
         for container in (exporter, vllm):
             assert not {"TOKEN_ECONOMY_PLUGIN_DIR", "TOKEN_ECONOMY_PLUGIN_NVML", "PYTHONPATH"} & set(
                 env_list(container)
             ), container["name"]
-        assert "--disable-log-stats" not in args and "--enable-logging-iteration-details" not in args, args
+        assert "--enable-logging-iteration-details" not in args, args
         assert not [v for v in volumes if v.startswith("token-economy")], volumes
         assert vllm["image"].startswith("vllm/vllm-openai:"), "vLLM's stock image without the plugin"
 

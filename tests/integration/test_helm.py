@@ -223,7 +223,8 @@ def test_each_object_can_be_turned_off(settings, kinds):
         assert [c["name"] for c in spec["containers"]] == ["vllm"]
         # Nor the plugin's wiring, which is for the exporter.
         assert [v["name"] for v in spec["volumes"]] == ["home", "shm"]
-        assert "--disable-log-stats" not in spec["containers"][0]["args"]
+        args = spec["containers"][0]["args"]
+        assert "--enable-logging-iteration-details" not in args and "--disable-log-stats" not in args, args
 
 
 @pytest.mark.parametrize(

@@ -246,13 +246,13 @@ the copied plugin) where Python finds it. Called with (dict "values" ...); rende
 {{- end }}
 
 {{/*
-vLLM's extra arguments with the plugin: per-step details reach it, and vLLM's default logger does
-not print one line per step (vLLM's /metrics stays as it is while a plugin is loaded).
+vLLM's extra argument with the plugin: per-step details reach it. The plugin silences the line
+per step that vLLM's default logger would print (TOKEN_ECONOMY_PLUGIN_STEP_LOGS=1 keeps them);
+without the plugin the flag would only add those lines, so it is left out.
 */}}
 {{- define "token-economy-exporter.vllmArgs" -}}
 {{- if ne .values.plugin.install "none" }}
 - --enable-logging-iteration-details
-- --disable-log-stats
 {{- end }}
 {{- end }}
 
