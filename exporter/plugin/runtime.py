@@ -244,6 +244,29 @@ class Runtime:
             )
 
 
+# vLLM's default stat logger writes one line per engine step when iteration details are on.
+VLLM_STATS_LOGGER = "vllm.v1.metrics.loggers"
+_STEP_LINE = "Iteration(%d)"
+
+
+class QuietStepLines(logging.Filter):
+    """Drops vLLM's per-step "Iteration(n): ..." log lines, which the plugin counts instead, so
+    vLLM can run with --enable-logging-iteration-details without a log line per step; vLLM's
+    other lines pass. TOKEN_ECONOMY_PLUGIN_STEP_LOGS=1 keeps them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _STEP_LINE not in str(record.msg)
+
+
+def quiet_step_lines(environ: Mapping[str, str]) -> bool:
+    if environ.get("TOKEN_ECONOMY_PLUGIN_STEP_LOGS", "0").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    target = logging.getLogger(VLLM_STATS_LOGGER)
+    if not any(isinstance(existing, QuietStepLines) for existing in target.filters):
+        target.addFilter(QuietStepLines())
+    return True
+
+
 def _import_pynvml() -> ModuleType:
     try:
         import pynvml  # in vLLM's process: only when this process measures

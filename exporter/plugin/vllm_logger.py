@@ -14,7 +14,7 @@ import prometheus_client
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from exporter import __version__
-from exporter.plugin.runtime import PluginConfig, Runtime, log
+from exporter.plugin.runtime import PluginConfig, Runtime, log, quiet_step_lines
 from exporter.plugin.state import Identity
 
 _RUNTIME: Runtime | None = None
@@ -29,9 +29,12 @@ def runtime_for(vllm_config: Any) -> Runtime:
             _RUNTIME = Runtime(PluginConfig.from_environ(os.environ), _identity(vllm_config), prometheus_client)
             _RUNTIME.start()
             atexit.register(_RUNTIME.stop)
+            quiet = quiet_step_lines(os.environ)
             log.info(
-                "token-economy plugin %s started (pid %d, snapshot directory %s)",
+                "token-economy plugin %s started (pid %d, snapshot directory %s%s)",
                 __version__, os.getpid(), _RUNTIME.config.directory,
+                "; vLLM's per-step Iteration lines are left out, TOKEN_ECONOMY_PLUGIN_STEP_LOGS=1 keeps them"
+                if quiet else "",
             )  # fmt: skip
         return _RUNTIME
 

@@ -160,3 +160,23 @@ def test_configuration_from_vllms_environment_never_raises(environ, expected):
             expected.nvml,
             expected.gpus,
         )
+
+
+def test_vllms_per_step_lines_are_dropped_and_its_other_lines_pass(monkeypatch):
+    import logging
+
+    from exporter.plugin.runtime import VLLM_STATS_LOGGER, QuietStepLines, quiet_step_lines
+
+    target = logging.getLogger(VLLM_STATS_LOGGER)
+    monkeypatch.setattr(target, "filters", [])
+    assert quiet_step_lines({}) and quiet_step_lines({})  # twice: one filter
+    (only,) = target.filters
+    assert isinstance(only, QuietStepLines)
+
+    def record(msg):
+        return logging.LogRecord(VLLM_STATS_LOGGER, logging.INFO, __file__, 1, msg, (), None)
+
+    assert not target.filter(record("%sIteration(%d): %d context requests, %d context tokens, "))
+    assert target.filter(record("%sAvg prompt throughput: %.1f tokens/s"))
+    monkeypatch.setattr(target, "filters", [])
+    assert not quiet_step_lines({"TOKEN_ECONOMY_PLUGIN_STEP_LOGS": "1"}) and not target.filters
