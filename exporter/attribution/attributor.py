@@ -120,6 +120,11 @@ class Attributor:
 
     def _account_energy(self, energy: EnergySnapshot, vllm_known: bool, result: TickResult) -> None:
         previous_time = self._last_energy_time
+        if previous_time is not None and energy.timestamp == previous_time and not energy.modelled:
+            # No newer measurement than last time (a collector slower than our ticks, e.g. DCGM's):
+            # the work waits with the energy that will pay for it, as after a missed read.
+            result.gpu_power = {gpu.identity: gpu.power_watts for gpu in energy.gpus if gpu.power_watts is not None}
+            return
         self._last_energy_time = energy.timestamp
         if previous_time is None:
             # The first reading is a baseline for every counter.

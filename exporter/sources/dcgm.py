@@ -40,8 +40,8 @@ DEFAULT_OPEN_WAIT = 40.0  # s: more than one default collect interval, less than
 DEFAULT_RETRY_PERIOD = 2.0
 FIDELITY = (
     "dcgm-exporter refreshes the energy counter once per its collect interval (-c, 30000 ms by default): "
-    "totals are exact, but intervals shorter than that see steps, so the idle estimate and the fit are "
-    "coarser than with NVML; set its -c well below --interval (e.g. 1000 ms)"
+    "totals are exact and the work waits for the energy that paid for it, but the idle estimate and the fit "
+    "see intervals that long, coarser than with NVML; set its -c well below --interval (e.g. 1000 ms)"
 )
 _PROBLEMS = {"bad_value": "dcgm_bad_value", "no_energy_sample": "dcgm_no_energy_sample"}
 
@@ -96,6 +96,7 @@ class DcgmEnergySource:
             self._client.close()
             raise
         self._last: dict[str, float] = {}
+        self._stamped: tuple[tuple[float | None, ...], float] | None = None  # (counters, when they last moved)
         self._steps_reported = False
 
     def _open(
@@ -152,7 +153,18 @@ class DcgmEnergySource:
         except Exception as err:  # the loop must see a read error, never a crash
             raise SourceError("internal", f"{type(err).__name__}: {err}") from None
         self._notice_steps(readings)
-        return EnergySnapshot(timestamp=timestamp, gpus=readings, modelled=False, origin=ORIGIN)
+        return EnergySnapshot(timestamp=self._stamp(readings, timestamp), gpus=readings, modelled=False, origin=ORIGIN)
+
+    def _stamp(self, readings: tuple[GpuReading, ...], now: float) -> float:
+        """When these counters were last new. dcgm-exporter refreshes them once per its collect
+        interval, so most of our reads repeat the last values: stamped as before, they tell the
+        core there is no newer measurement yet, and the work waits for the energy that pays for it
+        instead of an interval getting zero joules and the next one a 30 s lump."""
+        values = tuple(reading.energy_joules for reading in readings)
+        if self._stamped is not None and values == self._stamped[0] and all(v is not None for v in values):
+            return self._stamped[1]
+        self._stamped = (values, now)
+        return now
 
     @staticmethod
     def _reading(gpu: GpuIdentity, board: Board | None) -> GpuReading:

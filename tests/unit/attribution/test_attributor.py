@@ -102,6 +102,18 @@ def test_a_missed_energy_read_carries_its_work_to_the_next_one():
     assert r2.allocation.energy[("m", "input")] > 0
 
 
+def test_a_reading_no_newer_than_the_last_keeps_the_work_waiting_for_its_energy():
+    # A collector slower than our ticks (dcgm-exporter) repeats its reading, stamped when it was new.
+    a = make()
+    a.tick(page(0), gpus(0, 0.0))
+    r1 = a.tick(page(1, prompt=100, gen=10, steps=10, running=1), gpus(0, 0.0))
+    assert r1.allocation is None and r1.tokens[("m", "input")] == 100 and r1.gpu_power
+    r2 = a.tick(page(2, prompt=100, gen=30, steps=30, running=1), gpus(2, 900.0))
+    assert r2.seconds == 2.0 and r2.energy_joules == 900.0
+    assert math.fsum(r2.allocation.energy.values()) == pytest.approx(900.0, rel=1e-12)
+    assert r2.allocation.energy[("m", "input")] > 0  # the first second's prefill is paid for too
+
+
 def test_one_gpu_failing_does_not_lose_its_energy():
     a = make()
     results = [a.tick(page(0), gpus(0, 0.0, 0.0))]

@@ -193,6 +193,20 @@ def test_a_counter_standing_still_while_power_is_drawn_is_said_once(clock):
     assert said["effect"] == FIDELITY and "-c" in FIDELITY
 
 
+def test_a_reading_that_repeats_the_last_counters_keeps_their_time(clock):
+    # dcgm-exporter refreshes once per collect interval: our reads in between repeat its values,
+    # and keep the time they were first seen, so the core knows nothing newer was measured.
+    node = Node(h100_page(1_000_000, 2_000_000))
+    source = open_source(node, clock)
+    clock.advance(5)
+    first = source.read().timestamp
+    clock.advance(5)
+    assert source.read().timestamp == first == 105.0
+    node.page = h100_page(1_030_000, 2_040_000)
+    clock.advance(5)
+    assert source.read().timestamp == 115.0
+
+
 def test_mig_whole_board_is_read_once(clock):
     source = open_source(Node(load("a100-node-mig.txt")), clock, pod=MIG_LARGE_POD)
     (gpu,) = source.read().gpus
