@@ -19,6 +19,9 @@ It runs from any directory. What it derives, and from what:
       -> deploy/kubernetes/prometheusrule.yaml     the same rules wrapped in a PrometheusRule
   exporter/catalogue.py
       -> README.md's metric table (between `<!-- metrics: ... -->` and `<!-- end of metrics -->`)
+  exporter/plugin/families.py
+      -> README.md's table of the plugin's families (between `<!-- plugin metrics: ... -->` and
+         `<!-- end of plugin metrics -->`)
 
 Why copies remain: Helm reads only files inside the chart, so the chart carries copies of the
 rules and the dashboards. kustomize can use a directory outside its tree as a base, so
@@ -48,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from grafana_foundation_sdk.cog.encoder import JSONEncoder  # noqa: E402
 
 from exporter.catalogue import CATALOGUE  # noqa: E402
+from exporter.plugin import families as plugin_families  # noqa: E402
 from grafana import overview  # noqa: E402
 
 RULES = "deploy/prometheus/token-economy.rules.yml"
@@ -57,6 +61,8 @@ PROMETHEUS_RULE = "deploy/kubernetes/prometheusrule.yaml"
 README = "README.md"
 TABLE_START = "<!-- metrics:"  # the line that opens README's generated metric table
 TABLE_END = "<!-- end of metrics -->"  # the line that closes it
+PLUGIN_TABLE_START = "<!-- plugin metrics:"  # the same for the vLLM plugin's families
+PLUGIN_TABLE_END = "<!-- end of plugin metrics -->"
 
 # file name in grafana/dashboards/ -> builder of the dashboard model
 DASHBOARDS: dict[str, Callable[[], object]] = {
@@ -125,13 +131,18 @@ def prometheus_rule(source_text: str) -> str:
 
 
 def readme_with_table(text: str) -> str:
-    """README with the catalogue's metric table between its two marker lines."""
+    """README with the catalogue's metric table and the plugin's between their marker lines."""
+    text = _between(text, TABLE_START, TABLE_END, CATALOGUE.readme_table())
+    return _between(text, PLUGIN_TABLE_START, PLUGIN_TABLE_END, plugin_families.readme_table())
+
+
+def _between(text: str, start: str, end: str, table: str) -> str:
     lines = text.splitlines(keepends=True)
-    starts = [i for i, line in enumerate(lines) if line.startswith(TABLE_START)]
-    ends = [i for i, line in enumerate(lines) if line.rstrip("\r\n") == TABLE_END]
+    starts = [i for i, line in enumerate(lines) if line.startswith(start)]
+    ends = [i for i, line in enumerate(lines) if line.rstrip("\r\n") == end]
     if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
-        raise MissingSource(f"{README}: expected one line starting {TABLE_START!r}, then one line {TABLE_END!r}")
-    return "".join(lines[: starts[0] + 1]) + CATALOGUE.readme_table() + "".join(lines[ends[0] :])
+        raise MissingSource(f"{README}: expected one line starting {start!r}, then one line {end!r}")
+    return "".join(lines[: starts[0] + 1]) + table + "".join(lines[ends[0] :])
 
 
 def _read(root: Path, rel: str) -> str:

@@ -88,6 +88,14 @@ ERROR_PLACES = ("record", "sampler", "nvml", "snapshot", "mirror")
 Samples = Mapping[PluginFamily, Mapping[tuple[str, ...], float]]
 
 
+def readme_table() -> str:
+    """README's table of the plugin's families, in order."""
+    rows = ["| metric (on vLLM's `/metrics`) | type | labels | meaning |", "|---|---|---|---|"]
+    for family in FAMILIES:
+        rows.append(f"| `{family.name}` | {family.kind} | {', '.join(family.labels) or '—'} | {family.help} |")
+    return "\n".join(rows) + "\n"
+
+
 def render(samples: Samples, names: dict[tuple[PluginFamily, tuple[str, ...]], str] | None = None) -> str:
     """The families in Prometheus text format (version 0.0.4), in catalogue order. `names` caches
     each series' name-and-labels text between calls: the plugin's series hardly ever change."""

@@ -19,6 +19,8 @@ from exporter.plugin.state import Identity
 
 _RUNTIME: Runtime | None = None
 _CREATING = threading.Lock()
+# The vLLM releases whose stats classes the plugin was tested against (major, minor).
+TESTED_VLLM = ((0, 32),)
 
 
 def runtime_for(vllm_config: Any) -> Runtime:
@@ -30,6 +32,7 @@ def runtime_for(vllm_config: Any) -> Runtime:
             _RUNTIME.start()
             atexit.register(_RUNTIME.stop)
             quiet = quiet_step_lines(os.environ)
+            _check_version(_RUNTIME.identity.vllm_version)
             log.info(
                 "token-economy plugin %s started (pid %d, snapshot directory %s%s)",
                 __version__, os.getpid(), _RUNTIME.config.directory,
@@ -50,6 +53,22 @@ def _identity(vllm_config: Any) -> Identity:
         started=time.time(),
         kv_capacity_tokens=_kv_capacity(vllm_config),
     )
+
+
+def _check_version(version: str) -> None:
+    """vLLM's stats classes are not a stable interface: on a release the plugin was not tested
+    with, say so once. It still runs; every field is read by attribute and checked."""
+    try:
+        major_minor = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        major_minor = ()
+    if major_minor not in TESTED_VLLM:
+        tested = ", ".join(f"{major}.{minor}" for major, minor in TESTED_VLLM)
+        log.warning(
+            "token-economy plugin: tested with vLLM %s, this is %s; fields this vLLM lacks are listed in "
+            "token_economy_plugin_field_available and left uncounted",
+            tested, version,
+        )  # fmt: skip
 
 
 def _vllm_version() -> str:
