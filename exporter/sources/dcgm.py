@@ -33,6 +33,7 @@ from structlog.typing import FilteringBoundLogger
 from exporter.attribution.readings import EnergySnapshot, GpuIdentity, GpuReading
 from exporter.sources.dcgm_page import Board, Selection, SelectionError, parse, select
 from exporter.sources.errors import SourceError
+from exporter.sources.http_page import PageClient
 
 COUNTER = "counter"
 ORIGIN = "dcgm"
@@ -80,20 +81,13 @@ class DcgmEnergySource:
         dcgm-exporter's next collection (page unreachable, this pod not mapped yet), reads it
         again every `retry_period` for up to `open_wait` seconds; then raises DcgmUnavailable."""
         self.url = url
-        self._max_bytes = max_bytes
         self._clock = clock
         self._log = log
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout),
-            transport=transport,
-            headers={"Accept": "text/plain"},
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self._page = PageClient(url, timeout, max_bytes, transport)
         try:
             self._selection = self._open(tuple(uuids), pod, namespace, open_wait, retry_period, sleep)
         except BaseException:
-            self._client.close()
+            self._page.close()
             raise
         self._last: dict[str, float] = {}
         self._stamped: tuple[tuple[float | None, ...], float] | None = None  # (counters, when they last moved)
@@ -190,40 +184,12 @@ class DcgmEnergySource:
                 self._log.warning("dcgm_energy_in_steps", gpu=reading.index, effect=FIDELITY)
 
     def _text(self) -> str:
-        body = self._fetch()
-        try:
-            return body.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise SourceError("parse", f"page is not UTF-8: {err}") from None
-
-    def _fetch(self) -> bytes:
-        try:
-            with self._client.stream("GET", self.url) as response:
-                if response.status_code != 200:
-                    raise SourceError("http_status", f"HTTP {response.status_code} from {self.url}")
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > self._max_bytes:
-                    raise SourceError("too_large", f"{declared} bytes > {self._max_bytes}")
-                chunks, size = [], 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > self._max_bytes:
-                        raise SourceError("too_large", f"more than {self._max_bytes} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except SourceError:
-            raise
-        except httpx.TimeoutException as err:
-            raise SourceError("timeout", f"{type(err).__name__} after {self._client.timeout.read}s") from None
-        except httpx.ConnectError as err:
-            raise SourceError("connection", str(err) or "connection refused") from None
-        except (httpx.HTTPError, OSError) as err:
-            raise SourceError("connection", f"{type(err).__name__}: {err}") from None
+        return self._page.text()
 
     # -- shutdown ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._client.close()
+        self._page.close()
 
     def __enter__(self) -> DcgmEnergySource:
         return self

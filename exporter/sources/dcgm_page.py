@@ -25,12 +25,13 @@ So a GPU is keyed by its UUID, and its copies are merged into one `Board`."""
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from exporter.attribution.readings import GpuIdentity
+from exporter.sources import exposition
 from exporter.sources.errors import SourceError
+from exporter.sources.exposition import labels as parse_labels
 
 ENERGY = "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"  # mJ since the driver was loaded
 POWER = "DCGM_FI_DEV_POWER_USAGE"  # W
@@ -44,17 +45,12 @@ FP64_BLANK = 2.0**47
 # Bounds on what a page may hold before it is refused as not a node's page. A node has a few
 # dozen GPU instances at most; a shared GPU is repeated once per pod it is mapped to.
 MAX_SAMPLES = 10_000  # per family
-MAX_LABELS = 256  # per sample: dcgm-exporter may copy a pod's Kubernetes labels onto its series
-MAX_LABEL_TEXT = 64 * 1024  # characters between the braces of one sample
 
 # Label names, the current one first.
 _UUID_LABELS = ("UUID", "uuid")
 _POD_LABELS = ("pod", "pod_name")
 _NAMESPACE_LABELS = ("namespace", "pod_namespace")
 _CONTAINER_LABELS = ("container", "container_name")
-
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-_ESCAPES = re.compile(r"\\(.)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,42 +118,6 @@ def _merge(uuid: str, samples: list[Sample]) -> Board:
 # -- parsing ------------------------------------------------------------------------------------
 
 
-def _unescape(value: str) -> str:
-    if "\\" not in value:
-        return value
-    return _ESCAPES.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
-
-
-def _lines(text: str, name: str) -> Iterator[tuple[str, str]]:
-    """(label text, value text) of each sample of one family. One substring search per sample:
-    the page's other families are never looked at line by line."""
-    needle = "\n" + name
-    pos = 0 if text.startswith(name) else text.find(needle)
-    while pos >= 0:
-        start = pos + 1 if text[pos] == "\n" else pos
-        end = text.find("\n", start)
-        if end < 0:
-            end = len(text)
-        cut = start + len(name)
-        follow = text[cut : cut + 1]
-        if follow == "{":  # not DCGM_FI_DEV_POWER_USAGE_INSTANT and the like
-            close = text.rfind("}", cut, end)
-            if close > cut:
-                yield text[cut + 1 : close], text[close + 1 : end]
-        elif follow in (" ", "\t"):
-            yield "", text[cut:end]
-        pos = text.find(needle, end)
-
-
-def _labels(label_text: str) -> dict[str, str]:
-    if len(label_text) > MAX_LABEL_TEXT:
-        raise SourceError("parse", f"a sample's labels take {len(label_text)} characters (more than {MAX_LABEL_TEXT})")
-    pairs = _LABEL.findall(label_text)
-    if len(pairs) > MAX_LABELS:
-        raise SourceError("parse", f"a sample has {len(pairs)} labels (more than {MAX_LABELS})")
-    return {key: _unescape(value) for key, value in pairs}
-
-
 def _first(labels: dict[str, str], names: tuple[str, ...]) -> str | None:
     return next((labels[name] for name in names if labels.get(name)), None)
 
@@ -180,11 +140,11 @@ def parse(text: str) -> Page:
     samples: list[Sample] = []
     for family in FAMILIES:
         count = 0
-        for label_text, value_text in _lines(text, family):
+        for _, label_text, value_text in exposition.samples(text, (family,)):
             count += 1
             if count > MAX_SAMPLES:
                 raise SourceError("parse", f"more than {MAX_SAMPLES} {family} samples: not one node's page")
-            labels = _labels(label_text)
+            labels = parse_labels(label_text)
             uuid = _first(labels, _UUID_LABELS)
             if uuid is None:
                 continue  # nothing to key it by

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from exporter.attribution.readings import EngineSample, GpuReading
 from exporter.plugin import families as f
-from exporter.sources.vllm_page import labels, lines
+from exporter.sources.exposition import labels, samples
 
 _WANTED = tuple(family.name for family in f.FAMILIES)
 _BY_NAME = {family.name: family for family in f.FAMILIES}
@@ -43,7 +43,7 @@ def parse(text: str, engine_suffix: str = "") -> PluginReading | None:
 
 def _rows(text: str) -> Rows:
     rows: Rows = {family: {} for family in f.FAMILIES}
-    for name, label_text, rest in lines(text, _WANTED):
+    for name, label_text, rest in samples(text, _WANTED):
         family = _BY_NAME[name]
         try:
             value = float(rest.split()[0])

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import httpx
 
 from exporter.attribution.readings import VllmSnapshot
-from exporter.sources.errors import SourceError
+from exporter.sources.http_page import PageClient
 from exporter.sources.vllm_page import parse
 
 
@@ -22,53 +22,20 @@ class VllmSource:
         clock: Callable[[], float] = time.monotonic,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.url = base_url.rstrip("/") + metrics_path
-        self._max_bytes = max_bytes
+        self._page = PageClient(base_url.rstrip("/") + metrics_path, timeout, max_bytes, transport)
         self._clock = clock
-        # No keep-alive surprises on restarts: a refused connection must surface at once.
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout),
-            transport=transport,
-            headers={"Accept": "text/plain"},
-            follow_redirects=False,
-            trust_env=False,
-        )
+
+    @property
+    def url(self) -> str:
+        return self._page.url
 
     def read(self) -> VllmSnapshot:
         return parse(*self.read_text())
 
     def read_text(self) -> tuple[str, float]:
         """The page, and when it arrived (the energy window is closed right then)."""
-        body = self._fetch()
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise SourceError("parse", f"page is not UTF-8: {err}") from None
+        text = self._page.text()
         return text, self._clock()
 
-    def _fetch(self) -> bytes:
-        try:
-            with self._client.stream("GET", self.url) as response:
-                if response.status_code != 200:
-                    raise SourceError("http_status", f"HTTP {response.status_code} from {self.url}")
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > self._max_bytes:
-                    raise SourceError("too_large", f"{declared} bytes > {self._max_bytes}")
-                chunks, size = [], 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > self._max_bytes:
-                        raise SourceError("too_large", f"more than {self._max_bytes} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except SourceError:
-            raise
-        except httpx.TimeoutException as err:
-            raise SourceError("timeout", f"{type(err).__name__} after {self._client.timeout.read}s") from None
-        except httpx.ConnectError as err:
-            raise SourceError("connection", str(err) or "connection refused") from None
-        except (httpx.HTTPError, OSError) as err:
-            raise SourceError("connection", f"{type(err).__name__}: {err}") from None
-
     def close(self) -> None:
-        self._client.close()
+        self._page.close()

@@ -1,18 +1,14 @@
-"""A parser for vLLM's Prometheus page that reads only the families the attribution needs.
-
-vLLM's page is ~55 KB, mostly histogram buckets we never use; searching for the few families
-we need is many times cheaper than a full exposition parse, and it runs every tick. Names of
-older vLLM releases are read as their current equivalents; a family that is absent stays None
-(unknown), it never becomes zero."""
+"""A parser for vLLM's Prometheus page that reads only the families the attribution needs (by
+substring search: `exposition.samples`), every tick. Names of older vLLM releases are read as
+their current equivalents; a family that is absent stays None (unknown), it never becomes zero."""
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterable, Iterator
 
 from exporter.attribution.readings import EngineSample, VllmSnapshot
 from exporter.sources.errors import SourceError
+from exporter.sources.exposition import labels, samples
 
 # family name -> EngineSample field; by-source prompt tokens and the cache config are read apart
 _FIELDS: dict[str, str] = {
@@ -35,50 +31,13 @@ _WANTED = frozenset(_FIELDS) | {_BY_SOURCE, _CACHE_CONFIG}
 # Families whose absence changes what we can say; reported once so users know what degraded.
 ESSENTIAL = ("prompt_tokens", "generation_tokens", "cached_prompt_tokens", "steps", "kv_cache_usage")
 
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-_ESCAPES = re.compile(r"\\(.)")
-
-
-def _unescape(value: str) -> str:
-    if "\\" not in value:
-        return value
-    return _ESCAPES.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
-
-
-def labels(text: str) -> dict[str, str]:
-    return {key: _unescape(value) for key, value in _LABEL.findall(text)}
-
-
-def lines(text: str, wanted: Iterable[str]) -> Iterator[tuple[str, str, str]]:
-    """Yield (name, label text, value text) for each sample of a wanted family.
-
-    One C-level substring search per family skips the hundreds of bucket lines without a
-    Python loop over them."""
-    for name in wanted:
-        needle = "\n" + name
-        pos = 0 if text.startswith(name) else text.find(needle)
-        while pos >= 0:
-            start = pos + 1 if text[pos] == "\n" else pos
-            end = text.find("\n", start)
-            if end < 0:
-                end = len(text)
-            cut = start + len(name)
-            follow = text[cut : cut + 1]
-            if follow == "{":
-                close = text.rfind("}", cut, end)
-                if close > cut:
-                    yield name, text[cut + 1 : close], text[close + 1 : end]
-            elif follow in (" ", "\t"):
-                yield name, "", text[cut:end]
-            pos = text.find(needle, end)
-
 
 def parse(text: str, timestamp: float) -> VllmSnapshot:
     """Raise SourceError("parse") when the page holds no usable vLLM sample."""
     rows: dict[tuple[str, str], dict[str, float]] = {}
     capacity: dict[str, float] = {}  # by engine: cache_config_info carries no model_name
     seen: set[str] = set()
-    for name, label_text, rest in lines(text, _WANTED):
+    for name, label_text, rest in samples(text, _WANTED):
         try:
             value = float(rest.split()[0])
         except (ValueError, IndexError):

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.sources.dcgm_page import ENERGY, MAX_LABELS, MAX_SAMPLES, POWER, SelectionError, parse, select
+from exporter.sources.dcgm_page import ENERGY, MAX_SAMPLES, POWER, SelectionError, parse, select
+from exporter.sources.exposition import MAX_LABELS
 from exporter.sources.errors import SourceError
 from tests.dcgm_pages import (
     A100,
@@ -50,13 +51,16 @@ def parse_error(text: str) -> SourceError:
 # -- the parser -----------------------------------------------------------------------------------
 
 
-def test_the_parser_is_pure_like_the_core():
-    """Text in, values out: standard modules of data and arithmetic, the core's types and the
-    sources' error, no I/O builtin (the fetching lives in exporter.sources.dcgm)."""
-    path = PACKAGE / "sources" / "dcgm_page.py"
-    for imported in imports("exporter.sources.dcgm_page", path):
+@pytest.mark.parametrize("module", ["dcgm_page", "vllm_page", "plugin_page", "exposition"])
+def test_the_page_parsers_are_pure_like_the_core(module):
+    """Text in, values out: standard modules of data and arithmetic, the core's types, the text
+    format's scanner, the plugin's family names and the sources' error; no I/O (the fetching
+    lives in the sources that use them)."""
+    path = PACKAGE / "sources" / f"{module}.py"
+    pure = ("exporter.attribution.", "exporter.sources.errors", "exporter.sources.exposition", "exporter.plugin.families")
+    for imported in imports(f"exporter.sources.{module}", path):
         if imported.startswith("exporter."):
-            assert imported.startswith(("exporter.attribution.", "exporter.sources.errors")), imported
+            assert imported.startswith(pure), imported
         else:
             assert imported.split(".")[0] in CORE_STDLIB, imported
     text = path.read_text()
