@@ -75,9 +75,8 @@ class ScriptedEnergy:
         )
 
 
-def collection_rig():
-    """The loop over scripted sources, its ledger and a registry with the ledger's collector:
-    (loop, ledger, vllm, energy, registry)."""
+def rig_attributor() -> Attributor:
+    """The core for two H100s serving an 8B model, as the rigs run it."""
     prior = roofline_prior(
         GPU_TABLE["H100"],
         2,
@@ -87,7 +86,13 @@ def collection_rig():
         step_overhead_seconds=0.002,
         relative_stddev=0.5,
     )
-    attributor = Attributor(prior, IdlePowerEstimator(150, 10, 3), Prices(2.0, 0.0, 1.0, 300.0), 2)
+    return Attributor(prior, IdlePowerEstimator(150, 10, 3), Prices(2.0, 0.0, 1.0, 300.0), 2)
+
+
+def collection_rig():
+    """The loop over scripted sources, its ledger and a registry with the ledger's collector:
+    (loop, ledger, vllm, energy, registry)."""
+    attributor = rig_attributor()
     ledger = Ledger()
     vllm, energy = ScriptedVllm(), ScriptedEnergy()
     clock = iter(range(10**6))

@@ -7,12 +7,6 @@ import httpx
 import pytest
 import structlog
 
-from exporter.attribution.attributor import Attributor
-from exporter.attribution.gpu_table import GPU_TABLE
-from exporter.attribution.idle import IdlePowerEstimator
-from exporter.attribution.model_spec import ModelSpec
-from exporter.attribution.pricing import Prices
-from exporter.attribution.prior import roofline_prior
 from exporter.ledger import Ledger
 from exporter.loop import CollectionLoop
 from exporter.sources import dcgm_page
@@ -33,7 +27,7 @@ from tests.dcgm_pages import (
     without_pod_labels,
 )
 from tests.fakes.pynvml_fake import FakeClock
-from tests.loop_rig import ScriptedVllm
+from tests.loop_rig import ScriptedVllm, rig_attributor
 
 URL = "http://10.0.0.7:9400/metrics"
 
@@ -270,16 +264,7 @@ def test_the_refused_mig_slice_keeps_its_identity_for_a_fallback(clock):
 
 
 def rig(source: DcgmEnergySource, vllm: ScriptedVllm) -> tuple[CollectionLoop, Ledger]:
-    prior = roofline_prior(
-        GPU_TABLE["H100"],
-        2,
-        ModelSpec(8e9, 8e9, 2, 0, "t"),
-        compute_efficiency=0.5,
-        bandwidth_efficiency=0.7,
-        step_overhead_seconds=0.002,
-        relative_stddev=0.5,
-    )
-    attributor = Attributor(prior, IdlePowerEstimator(150, 10, 3), Prices(2.0, 0.0, 1.0, 300.0), 2)
+    attributor = rig_attributor()
     ledger = Ledger()
     ticks = iter(range(10**6))
     loop = CollectionLoop(

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.sources.dcgm_page import ENERGY, MAX_SAMPLES, POWER, SelectionError, parse, select
-from exporter.sources.exposition import MAX_LABELS
 from exporter.sources.errors import SourceError
+from exporter.sources.exposition import MAX_LABELS
 from tests.dcgm_pages import (
     A100,
     H100,
@@ -57,7 +57,12 @@ def test_the_page_parsers_are_pure_like_the_core(module):
     format's scanner, the plugin's family names and the sources' error; no I/O (the fetching
     lives in the sources that use them)."""
     path = PACKAGE / "sources" / f"{module}.py"
-    pure = ("exporter.attribution.", "exporter.sources.errors", "exporter.sources.exposition", "exporter.plugin.families")
+    pure = (
+        "exporter.attribution.",
+        "exporter.sources.errors",
+        "exporter.sources.exposition",
+        "exporter.plugin.families",
+    )
     for imported in imports(f"exporter.sources.{module}", path):
         if imported.startswith("exporter."):
             assert imported.startswith(pure), imported

@@ -2,35 +2,22 @@
 NVML, then DCGM where its URL is set, then the declared phase model, each step saying why the one
 before was not used), and the settings that feed it."""
 
-import os
 import types
 
 import httpx
 import pytest
 
 from exporter.cli import main
-from exporter.config import ENV_PREFIX, Settings
+from exporter.config import Settings
 from exporter.sources.dcgm import FIDELITY, DcgmEnergySource
 from exporter.sources.energy import EnergyOptions, EnergySourceError, open_energy_source
 from exporter.sources.nvml import NvmlEnergySource
 from exporter.sources.phase_model import PhaseModelEnergySource
 from tests.dcgm_pages import A100, H100, MIG_SMALL_POD, NAMESPACE, POD, load
-from tests.fakes.pynvml_fake import FakeClock, FakeGpu, FakeNvml, NVMLError_DriverNotLoaded
+from tests.fakes.pynvml_fake import FakeGpu, FakeNvml, NVMLError_DriverNotLoaded
 from tests.unit.sources.test_dcgm import Node, Recorder
 
 URL = "http://10.0.0.7:9400/metrics"
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch):
-    for var in list(os.environ):
-        if var.startswith(ENV_PREFIX) or var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
-            monkeypatch.delenv(var)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(50.0)
 
 
 class _Untouchable(types.ModuleType):

@@ -4,29 +4,13 @@ import types
 import pytest
 
 from exporter.attribution.gpu_table import GPU_TABLE
-from exporter.config import ENV_PREFIX
 from exporter.sources.energy import EnergyOptions, EnergySourceError, open_energy_source
 from exporter.sources.nvml import NvmlEnergySource
 from exporter.sources.phase_model import PhaseModelEnergySource
-from tests.fakes.pynvml_fake import NVML_DEVICE_MIG_ENABLE, FakeClock, FakeGpu, FakeNvml, NVMLError_DriverNotLoaded
+from tests.fakes.pynvml_fake import NVML_DEVICE_MIG_ENABLE, FakeGpu, FakeNvml, NVMLError_DriverNotLoaded
 
 UUID0 = "GPU-aaaaaaaa-0000-0000-0000-000000000000"
 UUID1 = "GPU-bbbbbbbb-1111-1111-1111-111111111111"
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch):
-    # The GPU selection falls back to these variables; a CI runner may have them set.
-    import os
-
-    for var in list(os.environ):
-        if var.startswith(ENV_PREFIX) or var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
-            monkeypatch.delenv(var)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(50.0)
 
 
 def fake(clock, name="NVIDIA H100 80GB HBM3", **kw) -> FakeNvml:
