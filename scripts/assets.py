@@ -19,7 +19,7 @@ It runs from any directory. What it derives, and from what:
       -> deploy/kubernetes/prometheusrule.yaml     the same rules wrapped in a PrometheusRule
   exporter/catalogue.py
       -> README.md's metric table (between `<!-- metrics: ... -->` and `<!-- end of metrics -->`)
-  exporter/plugin/families.py
+  exporter/sources/plugin_families.py
       -> README.md's table of the plugin's families (between `<!-- plugin metrics: ... -->` and
          `<!-- end of plugin metrics -->`)
 
@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 from grafana_foundation_sdk.cog.encoder import JSONEncoder  # noqa: E402
 
 from exporter.catalogue import CATALOGUE  # noqa: E402
-from exporter.plugin import families as plugin_families  # noqa: E402
+from exporter.sources import plugin_families  # noqa: E402
 from grafana import overview  # noqa: E402
 
 RULES = "deploy/prometheus/token-economy.rules.yml"

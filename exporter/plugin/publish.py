@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from exporter.plugin import families as f
 from exporter.plugin.state import Table
+from exporter.sources import plugin_families as f
 
 SNAPSHOT_PREFIX = "plugin-"
 SNAPSHOT_SUFFIX = ".prom"

@@ -21,10 +21,10 @@ from types import ModuleType
 from typing import Any, TextIO
 
 from exporter.attribution.readings import GpuReading
-from exporter.plugin import families as f
 from exporter.plugin.publish import Mirror, SnapshotWriter
 from exporter.plugin.state import EnergyTotals, Identity, Table, table
 from exporter.plugin.steps import FIELDS, ITERATION_DETAILS, StepCounter
+from exporter.sources import plugin_families as f
 from exporter.sources.nvml import NvmlEnergySource, NvmlUnavailable
 
 # A child of vLLM's logger, so the lines carry vLLM's format and go where vLLM's logs go.

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from exporter.attribution.readings import GpuReading
-from exporter.plugin import families as f
 from exporter.plugin.steps import FIELDS, ITERATION_DETAILS, EngineCounts
+from exporter.sources import plugin_families as f
 
 Table = dict[f.PluginFamily, dict[tuple[str, ...], float]]
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.attribution.readings import EnergySnapshot, EngineSample, GpuIdentity, GpuReading, VllmSnapshot
-from exporter.plugin.families import PREFIX
 from exporter.sources import plugin_page, vllm_page
 from exporter.sources.energy import EnergySource
 from exporter.sources.errors import SourceError
+from exporter.sources.plugin_families import PREFIX
 from exporter.sources.vllm import VllmSource
 
 SNAPSHOT_GLOB = "plugin-*.prom"

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from exporter.attribution.readings import EngineSample, GpuReading
-from exporter.plugin import families as f
+from exporter.sources import plugin_families as f
 from exporter.sources.exposition import labels, samples
 
 _WANTED = tuple(family.name for family in f.FAMILIES)

@@ -18,11 +18,11 @@ PACKAGE = Path(__file__).resolve().parents[2] / "exporter"
 # the package outside itself; the sources only the core's types; and nothing imports the wiring.
 ALLOWED: dict[str, set[str]] = {
     "exporter.attribution": set(),
-    "exporter.sources": {"exporter.attribution", "exporter.plugin.families"},
+    "exporter.sources": {"exporter.attribution"},
     # The vLLM stat-logger plugin runs in vLLM's process: it counts, and measures through the NVML
-    # source; it never attributes. Its families are the contract the sidecar's sources read.
-    "exporter.plugin": {"exporter", "exporter.attribution", "exporter.sources", "exporter.plugin.families"},
-    "exporter.plugin.families": set(),
+    # source; it never attributes. Its family names are the sources' (sources/plugin_families.py):
+    # the contract lives with the side that reads it, so no import climbs back up.
+    "exporter.plugin": {"exporter", "exporter.attribution", "exporter.sources"},
     "exporter.ledger": {"exporter.attribution"},
     "exporter.catalogue": {"exporter.attribution", "exporter.ledger"},
     "exporter.collector": {"exporter.attribution", "exporter.ledger", "exporter.catalogue"},

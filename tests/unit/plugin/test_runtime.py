@@ -13,9 +13,9 @@ import prometheus_client
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.plugin import families as f
 from exporter.plugin.runtime import LOCK_NAME, PluginConfig, Runtime
 from exporter.plugin.state import Identity
+from exporter.sources import plugin_families as f
 from exporter.sources import plugin_page
 from tests.fakes.pynvml_fake import FakeGpu, FakeNvml
 from tests.unit.plugin.test_steps import details, iteration, scheduler

@@ -61,7 +61,7 @@ def test_the_page_parsers_are_pure_like_the_core(module):
         "exporter.attribution.",
         "exporter.sources.errors",
         "exporter.sources.exposition",
-        "exporter.plugin.families",
+        "exporter.sources.plugin_families",
     )
     for imported in imports(f"exporter.sources.{module}", path):
         if imported.startswith("exporter."):

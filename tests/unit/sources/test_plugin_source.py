@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from exporter.attribution.readings import EnergySnapshot, GpuIdentity, GpuReading
-from exporter.plugin import families as f
 from exporter.plugin.state import EnergyTotals, Identity, table
 from exporter.plugin.steps import StepCounter
+from exporter.sources import plugin_families as f
 from exporter.sources.errors import SourceError
 from exporter.sources.plugin import MAX_FILE_BYTES, PluginDirectory, PluginEnergy, WorkReader
 from exporter.sources.vllm import VllmSource

@@ -1,4 +1,5 @@
-"""The plugin's families: the contract between the stat logger inside vLLM and the sidecar.
+"""The vLLM plugin's families: the contract between the stat logger inside vLLM
+(`exporter/plugin/`) and the exporter's sources, kept here with the side that reads it.
 
 The plugin publishes them on vLLM's own /metrics (through prometheus_client, so vLLM's
 multiprocess mode sums them over its API-server processes) and, where a directory is shared
