@@ -47,6 +47,8 @@ COUNTER_RESETS = CATALOGUE.name("counter_resets_total")
 READ_DURATION = CATALOGUE.name("source_read_duration_seconds")
 LAST_TICK = CATALOGUE.name("last_tick_timestamp_seconds")
 BUILD_INFO = CATALOGUE.name("build_info")
+ENERGY_MODELLED = CATALOGUE.name("energy_modelled")
+SOURCES_INFO = CATALOGUE.name("sources_info")
 
 UID = "token-economy-overview"
 TITLE = "Token Economy / Overview"
@@ -228,6 +230,14 @@ UP_DOWN = [
         options={
             "0": dash_model.ValueMappingResult(text="DOWN", color="red", index=0),
             "1": dash_model.ValueMappingResult(text="UP", color="green", index=1),
+        }
+    )
+]
+MEASURED_MODELLED = [
+    dash_model.ValueMap(
+        options={
+            "0": dash_model.ValueMappingResult(text="measured", color="green", index=0),
+            "1": dash_model.ValueMappingResult(text="MODELLED", color="red", index=1),
         }
     )
 ]
@@ -458,6 +468,25 @@ def health_row() -> dash.Row:
     )
     return (
         dash.Row("Source health")
+        .with_panel(
+            single(
+                "Energy: measured or modelled",
+                "Whether each exporter's energy is measured (by the vLLM plugin, NVML, or DCGM) or the declared "
+                "phase model; and whose step counts it reads (the plugin's or vLLM's). Modelled energy is an "
+                "estimate, not a measurement: the TokenEconomyEnergyModelled alert fires on it.",
+                "none",
+                query(
+                    "A",
+                    f"{ENERGY_MODELLED}{{{BY_INSTANCE}}}\n"
+                    f"  * on (instance) group_left (energy_source, work_source) {SOURCES_INFO}{{{BY_INSTANCE}}}",
+                    "{{instance}} energy: {{energy_source}}, work: {{work_source}}",
+                ),
+                mappings=MEASURED_MODELLED,
+                thresholds=[(None, "green"), (1, "red")],
+                width=24,
+                height=4,
+            )
+        )
         .with_panel(
             single(
                 "Sources up",
