@@ -13,7 +13,9 @@ GPUs in the table) and a purely bandwidth-bound one its decode power. Energy per
 does not depend on n; time does.
 
 Ground truth "phase" (B): constant power per GPU by phase: a step with any prefill token at
-prefill_watts, a pure decode step at decode_watts, no step at idle_watts.
+prefill_watts, a pure decode step at decode_watts, no step at idle_watts. A mixed step is split
+by the product's convention (`_shapley`): each part pays its own time at its own phase's power,
+and the rest is shared equally.
 
 The default efficiencies and overhead are deliberately not the exporter's defaults (0.5, 0.7,
 2 ms), so that a prior built from those is 10-15 % off and a fit has something to find.
@@ -53,7 +55,9 @@ class Roofline:
 
 class StepCost(NamedTuple):
     """One step: its duration, its true energy, and the oracle's split of both.
-    `energy == e_input + e_cached + e_output` and `seconds == s_input + s_cached + s_output`."""
+    `energy == e_input + e_cached + e_output` and `seconds == s_input + s_cached + s_output`.
+    `ts_input` and `ts_cached` split the energy by time share alone (the phase oracle before the
+    mixed-step convention; under the component truth they equal `e_input` and `e_cached`)."""
 
     seconds: float
     energy: float
@@ -63,6 +67,8 @@ class StepCost(NamedTuple):
     s_input: float
     s_cached: float
     s_output: float
+    ts_input: float
+    ts_cached: float
 
 
 class HardwareModel:
@@ -133,8 +139,8 @@ class HardwareModel:
         share_cached = tau_cached / tau
         if self._phase:
             energy = (self.prefill_watts_total if prefill > 0 else self.decode_watts_total) * seconds
-            e_in = energy * share_in
-            e_cached = energy * share_cached
+            e_in, e_cached = self._shapley(energy, seconds, share_in, share_cached)
+            ts_in, ts_cached = energy * share_in, energy * share_cached
         else:
             static = self.idle_watts_total * seconds
             d_in = self.joules_per_flop * f_in + self.joules_per_byte * b_in
@@ -150,11 +156,36 @@ class HardwareModel:
             energy = static + dynamic
             e_in = d_in + static * share_in
             e_cached = d_cached + static * share_cached
+            ts_in, ts_cached = e_in, e_cached
         s_in = seconds * share_in
         s_cached = seconds * share_cached
         return StepCost(
-            seconds, energy, e_in, e_cached, energy - e_in - e_cached, s_in, s_cached, seconds - s_in - s_cached
+            seconds,
+            energy,
+            e_in,
+            e_cached,
+            energy - e_in - e_cached,
+            s_in,
+            s_cached,
+            seconds - s_in - s_cached,
+            ts_in,
+            ts_cached,
         )
+
+    def _shapley(self, energy: float, seconds: float, share_in: float, share_cached: float) -> tuple[float, float]:
+        """The product's convention for a step, in the phase world: the prefill part (input and
+        cached input) and the decode part (output, with the per-step overhead) each pay their
+        own time at their own phase's power, and what the step draws beyond the sum of those
+        (the interaction, of either sign) is shared equally. Returns (input, cached) energy;
+        output takes the rest. A step without prefill is all decode's."""
+        share_prefill = share_in + share_cached
+        if share_prefill <= 0:
+            return 0.0, 0.0
+        s_prefill = seconds * share_prefill
+        own_prefill = self.prefill_watts_total * s_prefill
+        own_decode = self.decode_watts_total * (seconds - s_prefill)
+        prefill = own_prefill + 0.5 * (energy - own_prefill - own_decode)
+        return prefill * share_in / share_prefill, prefill * share_cached / share_prefill
 
     def marginal_coefficients(self) -> Coefficients:
         """Ground truth A's energy above idle per unit of each of the exporter's cost drivers

@@ -18,8 +18,13 @@ Semantics (they follow the exporter's default policies, `static_power_policy=occ
   board power cap every dynamic part is scaled by the same factor. The static part P_idle t of
   the busy step is split by the step's time shares: each class's compute time (FLOPs / F n eff_c)
   plus transfer time (bytes / BW n eff_b), the overhead with output.
-- Ground truth B ("phase"): the whole step energy (static and above idle) is split by the same
-  time shares.
+- Ground truth B ("phase"): a step draws prefill power if it holds any prefill token, else
+  decode power. The product's convention for a mixed step splits it: the prefill part (input
+  and cached_input, by their time shares) and the decode part (output, with the overhead) each
+  pay their own time share of the step at their own phase's power, and the interaction, what
+  the step draws beyond those two own costs, is shared equally between them. Under ground truth
+  A the interaction is zero by construction. `energy_time_share` keeps the split before the
+  convention: the whole step energy by time shares (under A the same as `energy`).
 - Idle gaps (nothing runnable) and vLLM downtime are wholly `idle`, at idle power.
 - Busy seconds: a step's duration is split by the same time shares; idle time goes to `idle`.
   The classes' seconds sum to the elapsed virtual time.
@@ -37,7 +42,7 @@ Semantics (they follow the exporter's default policies, `static_power_policy=occ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exporter.attribution.token_class import TokenClass
 
@@ -54,6 +59,7 @@ class OracleTotals:
     seconds: dict[str, float]  # busy seconds by class, idle included; sums to `time`
     tokens: dict[str, float]  # input, cached_input, output, recomputed: work done, see above
     steps: int  # engine steps completed
+    energy_time_share: dict[str, float] = field(default_factory=dict)  # by class, see above
 
     def joules_per_token(self, cls: str) -> float:
         """Energy of a class per token of that class; nan when no token of it was seen."""
@@ -69,6 +75,7 @@ class OracleTotals:
             {k: v - earlier.seconds.get(k, 0.0) for k, v in self.seconds.items()},
             {k: v - earlier.tokens.get(k, 0.0) for k, v in self.tokens.items()},
             self.steps - earlier.steps,
+            {k: v - earlier.energy_time_share.get(k, 0.0) for k, v in self.energy_time_share.items()},
         )
 
 

@@ -30,7 +30,7 @@ from exporter.attribution.gpu_table import GPU_TABLE, GpuSpec, lookup
 from exporter.attribution.model_spec import ModelSpec
 from exporter.attribution.token_class import CACHED_INPUT, INPUT, OUTPUT
 from exporter.sim.engine import Engine, EngineConfig, Seq, StepResult
-from exporter.sim.hardware import COMPONENT, HardwareModel, Roofline
+from exporter.sim.hardware import COMPONENT, HardwareModel, Roofline, StepCost
 from exporter.sim.oracle import CLASSES, OracleTotals
 from exporter.sim.telemetry import EnergyMeter, VllmCounters, render_page
 from exporter.sim.workload import Scenario, Workload
@@ -185,6 +185,7 @@ class Simulation:
         self._cur: _Segment | None = None
         self._e_done = 0.0  # true energy through the end of the completed segments
         self._energy = [0.0, 0.0, 0.0, 0.0]  # by class, completed segments (CLASSES order)
+        self._energy_ts = [0.0, 0.0, 0.0, 0.0]  # the same by time share alone (OracleTotals)
         self._seconds = [0.0, 0.0, 0.0, 0.0]
         self._tokens = {INPUT: 0, CACHED_INPUT: 0, OUTPUT: 0, "recomputed": 0}
         self._steps = 0
@@ -261,6 +262,7 @@ class Simulation:
         if r is None:
             e = seg.power * (seg.t1 - seg.t0)
             self._energy[3] += e
+            self._energy_ts[3] += e
             self._seconds[3] += seg.t1 - seg.t0
             self._e_done = seg.e0 + e
             return
@@ -269,6 +271,7 @@ class Simulation:
         energy[0] += c.e_input
         energy[1] += c.e_cached
         energy[2] += c.e_output
+        _add_time_share(self._energy_ts, c, 1.0)
         seconds[0] += c.s_input
         seconds[1] += c.s_cached
         seconds[2] += c.s_output
@@ -320,6 +323,7 @@ class Simulation:
         if r is None:
             e = seg.power * dt
             self._energy[3] += e
+            self._energy_ts[3] += e
             self._seconds[3] += dt
         else:
             c = r.cost
@@ -328,6 +332,7 @@ class Simulation:
             self._energy[0] += c.e_input * frac
             self._energy[1] += c.e_cached * frac
             self._energy[2] += c.e_output * frac
+            _add_time_share(self._energy_ts, c, frac)
             self._seconds[0] += c.s_input * frac
             self._seconds[1] += c.s_cached * frac
             self._seconds[2] += c.s_output * frac
@@ -371,6 +376,7 @@ class Simulation:
     def oracle_totals(self) -> OracleTotals:
         with self.lock:
             energy = list(self._energy)
+            energy_ts = list(self._energy_ts)
             seconds = list(self._seconds)
             total = self._e_done
             seg = self._cur
@@ -380,6 +386,7 @@ class Simulation:
                 if r is None:
                     e = seg.power * dt
                     energy[3] += e
+                    energy_ts[3] += e
                     seconds[3] += dt
                 else:
                     c = r.cost
@@ -387,6 +394,7 @@ class Simulation:
                     e = c.energy * frac
                     for i, part in enumerate((c.e_input, c.e_cached, c.e_output)):
                         energy[i] += part * frac
+                    _add_time_share(energy_ts, c, frac)
                     for i, part in enumerate((c.s_input, c.s_cached, c.s_output)):
                         seconds[i] += part * frac
                 total += e
@@ -397,12 +405,19 @@ class Simulation:
                 seconds=dict(zip(CLASSES, seconds)),
                 tokens={k: float(v) for k, v in self._tokens.items()},
                 steps=self._steps,
+                energy_time_share=dict(zip(CLASSES, energy_ts)),
             )
 
     def page(self) -> str:
         """vLLM's /metrics page as it stands now (whatever vLLM's state; see `vllm_up`)."""
         with self.lock:
             return render_page(self.counters, self.model_name, self.engine_label, self.cache_config)
+
+
+def _add_time_share(totals: list[float], cost: StepCost, frac: float) -> None:
+    totals[0] += cost.ts_input * frac
+    totals[1] += cost.ts_cached * frac
+    totals[2] += (cost.energy - cost.ts_input - cost.ts_cached) * frac
 
 
 __all__ = ["Faults", "Simulation", "StepTrace"]

@@ -158,3 +158,42 @@ def test_the_true_marginal_coefficients_are_what_an_uncapped_step_costs_above_id
     assert c.output / c.input == 1.0 and c.step > 50 * c.output  # the weight stream dwarfs one token
     with pytest.raises(ValueError):
         HardwareModel(H100, LLAMA_3_8B, 2, truth="phase").marginal_coefficients()
+
+
+def test_the_phase_truth_splits_a_mixed_step_by_the_products_convention():
+    """Each part pays its own time share at its own phase's power; the interaction, what the step
+    draws beyond those, is shared equally. Worked by hand on one mixed step and one decode step."""
+    hw = HardwareModel(H100, LLAMA_3_8B, 1, truth="phase")
+    mixed = hw.step(prefill=512, decode=32, own_context=0, hit_context=128, prefill_pairs=0, decode_context=32 * 900)
+    p_prefill, p_decode = H100.prefill_watts, H100.decode_watts
+    assert mixed.energy == pytest.approx(p_prefill * mixed.seconds, rel=1e-12)
+    s_prefill, s_decode = mixed.s_input + mixed.s_cached, mixed.s_output
+    interaction = mixed.energy - p_prefill * s_prefill - p_decode * s_decode
+    assert interaction == pytest.approx((p_prefill - p_decode) * s_decode, rel=1e-9)
+    assert mixed.e_input + mixed.e_cached == pytest.approx(p_prefill * s_prefill + interaction / 2, rel=1e-9)
+    assert mixed.e_output == pytest.approx(p_decode * s_decode + interaction / 2, rel=1e-9)
+    assert mixed.e_input / mixed.e_cached == pytest.approx(mixed.s_input / mixed.s_cached, rel=1e-9)
+    # Before the convention the whole step went by time share at prefill power: kept as the extra column.
+    assert mixed.ts_input == pytest.approx(mixed.energy * mixed.s_input / mixed.seconds, rel=1e-9)
+    assert mixed.ts_input < mixed.e_input
+    decode = hw.step(prefill=0, decode=32, own_context=0, hit_context=0, prefill_pairs=0, decode_context=32 * 900)
+    assert decode.e_output == decode.energy and decode.e_input == decode.e_cached == 0.0
+
+
+def test_the_component_truth_has_no_interaction_and_its_time_share_column_is_itself():
+    hw = HardwareModel(H100, LLAMA_3_8B, 1, truth="component")
+    step = hw.step(prefill=512, decode=32, own_context=0, hit_context=128, prefill_pairs=0, decode_context=32 * 900)
+    assert (step.ts_input, step.ts_cached) == (step.e_input, step.e_cached)
+
+
+@pytest.mark.parametrize("truth", ["component", "phase"])
+def test_the_time_share_column_is_conserved_too(truth):
+    sim = Simulation(well_mixed(), "H100", LLAMA_3_8B, truth=truth, seed=2)
+    sim.advance_to(37.5)
+    totals = sim.oracle_totals()
+    assert sum(totals.energy_time_share.values()) == pytest.approx(totals.energy_joules, rel=1e-9)
+    assert totals.energy_time_share["idle"] == totals.energy["idle"]
+    if truth == "component":
+        assert totals.energy_time_share == pytest.approx(totals.energy, rel=1e-9)
+    else:  # the convention moves energy from output to input, never the total
+        assert totals.energy["input"] > totals.energy_time_share["input"]
