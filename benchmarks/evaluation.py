@@ -29,7 +29,7 @@ CLASSES = tuple(TokenClass)
 @dataclass(slots=True)
 class Evaluation:
     allocated: dict[str, float]  # J per class, as the exporter allocated it
-    oracle: dict[str, float]  # true J per class
+    oracle: dict[str, float]  # true J per class, mixed steps split by the product's convention
     measured_joules: float  # what the (gain-scaled) energy counter said
     true_joules: float
     fitted: dict[str, float]  # fitted marginal J per driver
@@ -41,12 +41,17 @@ class Evaluation:
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> J per class
     ticks: int = 0
     missed: int = 0
+    oracle_time_share: dict[str, float] = field(default_factory=dict)  # true J per class by time share alone
 
-    def share_error(self, cls: str, allocated: dict[str, float] | None = None) -> float:
-        """Relative error of a class's share of the energy (gain error cancels out of shares)."""
+    def share_error(
+        self, cls: str, allocated: dict[str, float] | None = None, oracle: dict[str, float] | None = None
+    ) -> float:
+        """Relative error of a class's share of the energy (gain error cancels out of shares),
+        against the oracle (or another split of the same true energy)."""
         allocated = self.allocated if allocated is None else allocated
+        oracle = self.oracle if oracle is None else oracle
         total = sum(allocated.values())
-        truth = self.oracle[cls] / self.true_joules if self.true_joules else float("nan")
+        truth = oracle[cls] / self.true_joules if self.true_joules else float("nan")
         if not truth or not total:
             return float("nan")
         return (allocated.get(cls, 0.0) / total) / truth - 1.0
@@ -135,6 +140,7 @@ def evaluate(
         tokens=tokens,
         ticks=ticks,
         missed=missed,
+        oracle_time_share=dict(oracle.energy_time_share),
     )
     evaluation.baselines = _baselines(sim, measured)
     return evaluation
