@@ -265,11 +265,14 @@ CATALOGUE = Catalogue((
     Family(
         "marginal_energy_joules", Kind.GAUGE, MODEL_DRIVER,
         "Fitted marginal energy per unit of each cost driver: a computed input token, "
-        "an output token's own FLOPs, an engine step (weight stream), a context token's KV read.",
+        "an output token's own FLOPs, an engine step (weight stream), a context token's KV read, "
+        "and the interaction of a step that carries prefill (either sign).",
         lambda v, c: _per_driver(v, 0),
         readme="fitted marginal energy per cost driver: a computed input token, an output token's own FLOPs, "
-        "an engine step (the weight stream), a context token's KV read",
-        readme_labels="model_name, driver (input, output, step, kv)",
+        "an engine step (the weight stream), a context token's KV read, and what a step that carries prefill "
+        "draws beyond its parts' own costs (`prefill_step`, either sign, shared equally by input and output; "
+        "fitted only from the plugin's step counts, else 0)",
+        readme_labels="model_name, driver (input, output, step, kv, prefill_step)",
     ),
     Family(
         "marginal_energy_joules_stddev", Kind.GAUGE, MODEL_DRIVER,

@@ -71,6 +71,7 @@ class Attributor:
         self._last_energy_time: float | None = None
         self._pending: dict[str, Work] = {}  # work seen while the energy of its time was not yet read
         self._pending_idle = True
+        self._pending_exact = True  # every pending interval's prompts were counted when scheduled
         self._models: tuple[str, ...] = ()
         self._totals: dict[str, Work] = {}  # lifetime work per model, for amortised marginal costs
 
@@ -85,6 +86,7 @@ class Attributor:
         else:
             # Unknown activity: such an interval must not teach the idle estimate.
             self._pending_idle = False
+            self._pending_exact = False
         result.models = self._models
 
         if energy is not None:
@@ -112,6 +114,7 @@ class Attributor:
             result.tokens[(model, OUTPUT)] = work.output
             result.steps[model] = work.steps
         self._pending_idle = self._pending_idle and interval.idle
+        self._pending_exact = self._pending_exact and interval.exact
 
     def _coefficients(self) -> tuple[Coefficients, Coefficients]:
         if self.estimator is not None:
@@ -132,6 +135,7 @@ class Attributor:
                 self._energy.increase(counter_key(energy.origin, gpu), gpu.energy_joules)
             self._pending.clear()
             self._pending_idle = True
+            self._pending_exact = True
             return
         seconds = max(energy.timestamp - previous_time, 0.0)
         work = self._pending
@@ -161,6 +165,7 @@ class Attributor:
         self._record_energy(result, interval, allocation, seconds)
         self._pending = {}
         self._pending_idle = True
+        self._pending_exact = True
 
     def _learn(self, interval: IntervalEnergy, seconds: float, *, idle_interval: bool, vllm_known: bool) -> None:
         """Measured energy of a complete interval teaches the idle estimate (nothing ran) or the
@@ -172,7 +177,7 @@ class Attributor:
             for piece in self._pending.values():
                 combined.add(piece)
             # Fitted on what was measured; the allocation then uses the updated costs.
-            self.estimator.observe(interval.joules - self.idle.watts * seconds, seconds, combined)
+            self.estimator.observe(interval.joules - self.idle.watts * seconds, seconds, combined, self._pending_exact)
 
     def _record_energy(
         self, result: TickResult, interval: IntervalEnergy, allocation: Allocation, seconds: float

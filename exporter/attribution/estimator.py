@@ -1,9 +1,13 @@
-"""Online marginal costs: energy above idle y ≈ a·P + b·G + c·S + d·K, fitted by a Bayesian
+"""Online marginal costs: energy above idle y ≈ a·P + b·G + c·S + d·K + m·M, fitted by a Bayesian
 recursive least squares (Kalman) filter that starts at, and is pulled back towards, the
-roofline prior.
+roofline prior. M counts the steps that carried prefill and m is what such a step draws beyond
+its parts' own costs (the mixed-step interaction, 0 in the prior, of either sign).
 
 - Work is summed over windows of at least `window_seconds` before an update: vLLM credits a
   prompt when its first token appears, so short intervals pair energy with the wrong tokens.
+  Where the plugin counted prompts when scheduled (`exact`), `exact_window_seconds` suffices.
+- m can only be seen where the plugin counts prefill steps; with vLLM's counters alone M is 0
+  and m stays at its prior (the interaction is not identifiable from interval aggregates).
 - The coefficients are fitted relative to the prior (θ = θ0 · r), so every direction starts
   with the same relative uncertainty and the numbers stay well scaled from 1 B to 400 B models.
 - Before each update the state reverts a little towards the prior and its covariance towards
@@ -27,12 +31,14 @@ from dataclasses import dataclass
 from exporter.attribution.prior import Coefficients
 from exporter.attribution.work import Work
 
-DRIVERS = ("input", "output", "step", "kv")  # the fitted coefficients, in state order
+DRIVERS = ("input", "output", "step", "kv", "prefill_step")  # the fitted coefficients, in state order
+INTERACTION = DRIVERS.index("prefill_step")
 
 
 @dataclass(frozen=True, slots=True)
 class EstimatorSettings:
     window_seconds: float = 30.0
+    exact_window_seconds: float = 5.0  # with prompts counted when scheduled (the plugin)
     reversion_seconds: float = 3600.0  # time constant of the pull back to the prior
     measurement_noise: float = 0.05  # relative noise of one window's energy above idle
     prior_relative_stddev: float = 0.5
@@ -40,10 +46,12 @@ class EstimatorSettings:
     # The roofline derives input and output token costs from one compute efficiency, and step and
     # KV costs from one bandwidth efficiency: errors in the prior are shared within each pair.
     prior_correlation: float = 0.8
+    # The interaction's prior is 0 ± this many times the per-step cost (it has no roofline value).
+    interaction_relative_stddev: float = 1.0
 
 
 def _features(work: Work) -> list[float]:
-    return [work.input, work.output, work.steps, work.kv_context]
+    return [work.input, work.output, work.steps, work.kv_context, work.prefill_steps]
 
 
 class MarginalCostEstimator:
@@ -52,6 +60,7 @@ class MarginalCostEstimator:
         "_cov",
         "_prior",
         "_r",
+        "_r0",
         "_recent",
         "_residual",
         "_settings",
@@ -63,10 +72,13 @@ class MarginalCostEstimator:
 
     def __init__(self, prior: Coefficients, settings: EstimatorSettings = EstimatorSettings()) -> None:
         self._prior = prior
-        self._base = [prior.input, prior.output, prior.step, prior.kv]
+        # The interaction is scaled by the per-step cost, and starts where the prior puts it.
+        self._base = [prior.input, prior.output, prior.step, prior.kv, prior.step]
         self._settings = settings
         n = len(DRIVERS)
-        self._r = [1.0] * n
+        self._r0 = [1.0] * n
+        self._r0[INTERACTION] = prior.prefill_step / prior.step if prior.step else 0.0
+        self._r = list(self._r0)
         self._cov = self._prior_cov()
         self._window = Work()
         self._window_y = 0.0
@@ -78,18 +90,19 @@ class MarginalCostEstimator:
     # -- reading ---------------------------------------------------------------------------
     @property
     def coefficients(self) -> Coefficients:
-        a, b, c, d = (base * r for base, r in zip(self._base, self._r))
-        return Coefficients(input=a, cached_input=self._prior.cached_input, output=b, step=c, kv=d)
+        a, b, c, d, m = (base * r for base, r in zip(self._base, self._r))
+        return Coefficients(input=a, cached_input=self._prior.cached_input, output=b, step=c, kv=d, prefill_step=m)
 
     @property
     def stddevs(self) -> Coefficients:
-        a, b, c, d = (base * math.sqrt(max(self._cov[i][i], 0.0)) for i, base in enumerate(self._base))
+        a, b, c, d, m = (base * math.sqrt(max(self._cov[i][i], 0.0)) for i, base in enumerate(self._base))
         return Coefficients(
             input=a,
             cached_input=self._prior.cached_input * self._settings.prior_relative_stddev,
             output=b,
             step=c,
             kv=d,
+            prefill_step=m,
         )
 
     @property
@@ -107,13 +120,13 @@ class MarginalCostEstimator:
         if work.output <= 0:
             c = self.coefficients
             return c.output, self.stddevs.output
-        g = [0.0, work.output, work.steps, work.kv_context]
+        g = [0.0, work.output, work.steps, work.kv_context, 0.5 * work.prefill_steps]
         return self._linear(g, 1.0 / work.output)
 
     @property
     def identified(self) -> bool:
-        u_in = [self._recent[0], 0.0, 0.0, 0.0]
-        u_out = [0.0, *self._recent[1:]]
+        u_in = [self._recent[0], 0.0, 0.0, 0.0, 0.0]
+        u_out = [0.0, *self._recent[1:INTERACTION], 0.0]
         limit = self._settings.identified_ratio * self._settings.prior_relative_stddev
         for u in (u_in, u_out):
             value, sd = self._linear(u, 1.0)
@@ -134,13 +147,15 @@ class MarginalCostEstimator:
         return value * scale, math.sqrt(max(self.covariance(g, g), 0.0)) * scale
 
     # -- learning --------------------------------------------------------------------------
-    def observe(self, dynamic_joules: float, seconds: float, work: Work) -> bool:
+    def observe(self, dynamic_joules: float, seconds: float, work: Work, exact: bool = False) -> bool:
         """Add one interval (energy above idle, which may be negative by noise); True when a
-        window closed and the estimate moved."""
+        window closed and the estimate moved. `exact`: the interval's prompts were counted when
+        scheduled, so its work is that of its own energy."""
         self._window.add(work)
         self._window_y += dynamic_joules - self._prior.cached_input * work.cached_input
         self._window_seconds += seconds
-        if self._window_seconds < self._settings.window_seconds:
+        window = self._settings.exact_window_seconds if exact else self._settings.window_seconds
+        if self._window_seconds < window:
             return False
         x = [f * base for f, base in zip(_features(self._window), self._base)]
         y, elapsed = self._window_y, self._window_seconds
@@ -156,13 +171,15 @@ class MarginalCostEstimator:
         rho = self._settings.prior_correlation
         pairs = {(0, 1), (1, 0), (2, 3), (3, 2)}  # (input, output) and (step, kv)
         n = len(DRIVERS)
-        return [[s2 if i == j else (rho * s2 if (i, j) in pairs else 0.0) for j in range(n)] for i in range(n)]
+        cov = [[s2 if i == j else (rho * s2 if (i, j) in pairs else 0.0) for j in range(n)] for i in range(n)]
+        cov[INTERACTION][INTERACTION] = self._settings.interaction_relative_stddev**2
+        return cov
 
     def _revert(self, elapsed: float) -> None:
         rho = math.exp(-elapsed / self._settings.reversion_seconds)
         prior = self._prior_cov()
         n = len(self._r)
-        self._r = [1.0 + rho * (r - 1.0) for r in self._r]
+        self._r = [r0 + rho * (r - r0) for r, r0 in zip(self._r, self._r0)]
         self._cov = [[rho * rho * self._cov[i][j] + (1 - rho * rho) * prior[i][j] for j in range(n)] for i in range(n)]
         self._recent = [rho * v for v in self._recent]
 
@@ -174,7 +191,11 @@ class MarginalCostEstimator:
         s = sum(x[i] * px[i] for i in range(n)) + noise * noise
         gain = [p / s for p in px]
         innovation = y - predicted
-        self._r = [max(r + k * innovation, 0.0) for r, k in zip(self._r, gain)]
+        # A negative marginal cost is noise; an interaction may have either sign.
+        self._r = [
+            r + k * innovation if i == INTERACTION else max(r + k * innovation, 0.0)
+            for i, (r, k) in enumerate(zip(self._r, gain))
+        ]
         # Joseph form keeps the covariance symmetric and positive through rounding.
         ikx = [[(1.0 if i == j else 0.0) - gain[i] * x[j] for j in range(n)] for i in range(n)]
         tmp = [[sum(ikx[i][k] * self._cov[k][j] for k in range(n)) for j in range(n)] for i in range(n)]

@@ -20,12 +20,16 @@ class Coefficients:
     output: float  # per output token, its own FLOPs
     step: float  # per engine step (the weight stream)
     kv: float  # per context token read by a step
+    # Per step that carries prefill: what such a step draws beyond its parts' own costs (the
+    # mixed-step interaction, of either sign; 0 where energy is additive). Split equally between
+    # input and output, the product's convention. Only the plugin's step counts can show it.
+    prefill_step: float = 0.0
 
     def scaled(self, factor: float) -> Coefficients:
         return Coefficients(*(value * factor for value in self.as_tuple()))
 
-    def as_tuple(self) -> tuple[float, float, float, float, float]:
-        return (self.input, self.cached_input, self.output, self.step, self.kv)
+    def as_tuple(self) -> tuple[float, float, float, float, float, float]:
+        return (self.input, self.cached_input, self.output, self.step, self.kv, self.prefill_step)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ class EngineSample:
     # Prompt tokens counted when the scheduler ran them (the plugin, with iteration details), not
     # at first token: the prefill work lands in the interval whose energy paid for it.
     scheduled_prompt_tokens: float | None = None
+    prefill_steps: float | None = None  # steps that carried prefill (the plugin, with iteration details)
     steps: float | None = None  # iteration_tokens_total_count
     step_tokens: float | None = None  # iteration_tokens_total_sum
     preemptions: float | None = None

@@ -40,18 +40,20 @@ class Allocation:
     dynamic_joules: float
 
 
-def driver_amounts(work: Work, cls: TokenClass, step_on_output: bool) -> tuple[float, float, float, float]:
-    """How much of each fitted driver (input tokens, output tokens, steps, KV context tokens) a
-    class's weight holds: the step-cost policy lives here. The cached input's own cost is not a
-    fitted driver, so it holds none."""
+def driver_amounts(work: Work, cls: TokenClass, step_on_output: bool) -> tuple[float, float, float, float, float]:
+    """How much of each fitted driver (input tokens, output tokens, steps, KV context tokens,
+    prefill-carrying steps) a class's weight holds: the step-cost policy lives here, and the
+    product's convention for mixed steps: their interaction is shared equally by input and
+    output. The cached input's own cost is not a fitted driver, so it holds none."""
     tokens = work.input + work.output
+    half_interaction = 0.5 * work.prefill_steps
     if cls == INPUT:
         step_share = work.input / tokens if not step_on_output and tokens > 0 else 0.0
-        return (work.input, 0.0, work.steps * step_share, 0.0)
+        return (work.input, 0.0, work.steps * step_share, 0.0, half_interaction)
     if cls == OUTPUT:
         step_share = work.output / tokens if not step_on_output and tokens > 0 else 1.0
-        return (0.0, work.output, work.steps * step_share, work.kv_context)
-    return (0.0, 0.0, 0.0, 0.0)
+        return (0.0, work.output, work.steps * step_share, work.kv_context, half_interaction)
+    return (0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def class_weights(
@@ -59,15 +61,17 @@ def class_weights(
 ) -> tuple[float, float, float]:
     """(input, cached_input, output) weights of one model's work under coefficients `c`.
 
-    `step_extra` adds a per-step amount (the fixed step overhead, for time)."""
-    per_unit = (c.input, c.output, c.step + step_extra, c.kv)
+    `step_extra` adds a per-step amount (the fixed step overhead, for time). A negative
+    interaction can take a class's weight below zero; it stops at zero, since a class never
+    gives energy back."""
+    per_unit = (c.input, c.output, c.step + step_extra, c.kv, c.prefill_step)
     w_in = sum(a * k for a, k in zip(driver_amounts(work, INPUT, step_on_output), per_unit))
     w_out = sum(a * k for a, k in zip(driver_amounts(work, OUTPUT, step_on_output), per_unit))
-    return w_in, c.cached_input * work.cached_input, w_out
+    return max(w_in, 0.0), c.cached_input * work.cached_input, max(w_out, 0.0)
 
 
 # Covariance of two linear combinations of the fitted costs, each given as amounts of the
-# drivers (input tokens, output tokens, steps, KV context tokens), as in the estimator.
+# drivers (input tokens, output tokens, steps, KV context tokens, prefill steps), as in the estimator.
 Covariance = Callable[[Sequence[float], Sequence[float]], float]
 
 

@@ -17,6 +17,7 @@ class Work:
     output: float = 0.0
     steps: float = 0.0  # engine iterations
     kv_context: float = 0.0  # context tokens whose KV the steps read (S x mean usage x capacity)
+    prefill_steps: float = 0.0  # steps that carried prefill (the plugin's count; 0 when unknown)
 
     def add(self, other: Work) -> None:
         self.input += other.input
@@ -24,6 +25,7 @@ class Work:
         self.output += other.output
         self.steps += other.steps
         self.kv_context += other.kv_context
+        self.prefill_steps += other.prefill_steps
 
     @property
     def any(self) -> bool:
@@ -36,6 +38,9 @@ class IntervalWork:
     resets: int = 0
     # True when nothing ran at either end and no counter moved: the interval measures idle power.
     idle: bool = True
+    # True when every engine's prompts were counted when scheduled (the plugin's step counts):
+    # the work then lines up with the energy of its own interval, and short fit windows hold.
+    exact: bool = True
 
 
 _COUNTERS = (
@@ -45,6 +50,7 @@ _COUNTERS = (
     "computed_prompt_tokens",
     "scheduled_prompt_tokens",
     "steps",
+    "prefill_steps",
 )
 
 
@@ -61,6 +67,7 @@ class WorkMeter:
     def update(self, engines: Iterable[EngineSample]) -> IntervalWork:
         result = IntervalWork()
         for sample in engines:
+            result.exact = result.exact and sample.scheduled_prompt_tokens is not None
             series = (sample.model_name, sample.engine)
             increases = {}
             reset = False
@@ -108,4 +115,5 @@ def _classify(inc: dict[str, float]) -> Work:
         cached_input=cached,
         output=inc.get("generation_tokens", 0.0),
         steps=inc.get("steps", 0.0),
+        prefill_steps=inc.get("prefill_steps", 0.0),
     )

@@ -209,7 +209,7 @@ def test_with_the_estimator_the_split_still_conserves_and_the_fit_moves():
         r = a.tick(page(float(t), prompt=prompt, gen=gen, steps=steps, running=1), gpus(float(t), joules))
         assert math.fsum(r.allocation.energy.values()) == pytest.approx(r.energy_joules, rel=1e-12)
     assert est.updates > 10
-    assert set(r.coefficients) == {"input", "output", "step", "kv"}
+    assert set(r.coefficients) == {"input", "output", "step", "kv", "prefill_step"}
     assert r.coefficients["step"][0] != pytest.approx(PRIOR.energy.step, rel=0.01)
     assert r.residual_ratio is not None
 

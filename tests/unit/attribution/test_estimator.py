@@ -99,19 +99,29 @@ def test_amortised_output_cost_includes_the_step_share():
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.floats(-1e4, 1e6), st.floats(0, 1e5), st.floats(0, 1e5), st.floats(0, 1e3), st.floats(0, 1e8)),
+        st.tuples(
+            st.floats(-1e4, 1e6),
+            st.floats(0, 1e5),
+            st.floats(0, 1e5),
+            st.floats(0, 1e3),
+            st.floats(0, 1e8),
+            st.floats(0, 1e3),
+        ),
         min_size=1,
         max_size=40,
     )
 )
 def test_any_trace_keeps_finite_non_negative_coefficients_and_a_valid_covariance(trace):
     est = MarginalCostEstimator(PRIOR, EstimatorSettings(window_seconds=1))
-    for y, p, g, s, k in trace:
-        est.observe(y, 1.0, Work(input=p, output=g, steps=s, kv_context=k))
-    for v in est.coefficients.as_tuple() + est.stddevs.as_tuple():
-        assert math.isfinite(v) and v >= 0
-    # never more uncertain than the prior
-    assert all(sd <= 0.5 * base * 1.000001 for sd, base in zip(est.stddevs.as_tuple(), PRIOR.as_tuple()))
+    for y, p, g, s, k, m in trace:
+        est.observe(y, 1.0, Work(input=p, output=g, steps=s, kv_context=k, prefill_steps=min(m, s)))
+    coefficients, stddevs = est.coefficients.as_tuple(), est.stddevs.as_tuple()
+    assert all(math.isfinite(v) for v in coefficients + stddevs)
+    # Costs never go negative; the mixed-step interaction may have either sign.
+    assert all(v >= 0 for v in coefficients[:-1] + stddevs)
+    # never more uncertain than the prior (the interaction's prior: 0 ± one step cost)
+    assert all(sd <= 0.5 * base * 1.000001 for sd, base in zip(stddevs[:-1], PRIOR.as_tuple()[:-1]))
+    assert stddevs[-1] <= PRIOR.step * 1.000001
 
 
 def test_covariance_of_a_single_driver_is_its_variance_and_is_symmetric():
@@ -122,3 +132,35 @@ def test_covariance_of_a_single_driver_is_its_variance_and_is_symmetric():
     assert est.covariance([0, 0, 1, 0], [0, 0, 1, 0]) == pytest.approx(sd.step**2)
     g, h = [300.0, 50.0, 2.0, 1e5], [10.0, 400.0, 20.0, 4e6]
     assert est.covariance(g, h) == pytest.approx(est.covariance(h, g))
+
+
+# -- the mixed-step interaction (the plugin's prefill-step counts) -------------------------------
+
+
+def test_with_prefill_step_counts_the_interaction_is_fitted_of_either_sign():
+    # J per prefill-carrying step beyond its parts' own costs. The pull back to the prior (0) and
+    # the interaction's correlation with the step count leave it shrunk towards 0, never flipped.
+    for interaction in (1.2, -0.6):
+        est = MarginalCostEstimator(PRIOR)
+        rng = random.Random(7)
+        for _ in range(3000):
+            w = mixed_window(rng)
+            w.prefill_steps = w.steps * rng.uniform(0.05, 0.6)
+            y = energy(TRUE, w) + interaction * w.prefill_steps
+            est.observe(y * (1 + rng.gauss(0, 0.02)), 5.0, w, exact=True)
+        assert est.coefficients.prefill_step == pytest.approx(interaction, rel=0.35)
+        assert est.coefficients.input == pytest.approx(TRUE.input, rel=0.10)
+
+
+def test_without_prefill_step_counts_the_interaction_stays_at_its_prior():
+    est = MarginalCostEstimator(PRIOR)
+    feed(est, random.Random(3), 500, mixed_window)
+    assert est.coefficients.prefill_step == 0.0
+    assert est.stddevs.prefill_step == pytest.approx(PRIOR.step)  # not identifiable from aggregates
+
+
+def test_exact_work_closes_short_windows():
+    est = MarginalCostEstimator(PRIOR)  # 30 s windows for counters, 5 s for the plugin's exact counts
+    w = Work(input=1000.0, output=500.0, steps=50.0, kv_context=5e5)
+    assert est.observe(energy(TRUE, w), 5.0, w, exact=True)
+    assert not est.observe(energy(TRUE, w), 5.0, w, exact=False)

@@ -166,3 +166,19 @@ def test_driver_amounts_are_what_the_class_weights_are_made_of(work, on_output):
         own = ENERGY.cached_input * work.cached_input if cls == "cached_input" else 0.0
         made_of = math.fsum(x * c for x, c in zip(driver_amounts(work, cls, on_output), fitted)) + own
         assert made_of == pytest.approx(weight, rel=1e-9, abs=1e-9)
+
+
+def test_the_mixed_step_interaction_is_shared_equally_by_input_and_output():
+    work = Work(input=1000, output=160, steps=10, prefill_steps=4)
+    with_interaction = Coefficients(**{**{k: getattr(ENERGY, k) for k in ENERGY.__slots__}, "prefill_step": 3.0})
+    w_in, _, w_out = class_weights(work, with_interaction, step_on_output=True)
+    base_in, _, base_out = class_weights(work, ENERGY, step_on_output=True)
+    assert w_in - base_in == pytest.approx(0.5 * 4 * 3.0) and w_out - base_out == pytest.approx(0.5 * 4 * 3.0)
+    assert driver_amounts(work, "input", True)[-1] == driver_amounts(work, "output", True)[-1] == 2.0
+
+
+def test_a_negative_interaction_never_takes_a_class_below_zero():
+    work = Work(input=10, output=160, steps=10, prefill_steps=10)
+    negative = Coefficients(**{**{k: getattr(ENERGY, k) for k in ENERGY.__slots__}, "prefill_step": -50.0})
+    w_in, _, w_out = class_weights(work, negative, step_on_output=True)
+    assert w_in == 0.0 and w_out >= 0.0
