@@ -13,7 +13,8 @@ Modules: `workload` (arrivals, lengths, prefixes, scenario presets), `engine` (s
 blocks, prefix cache, preemption), `hardware` (roofline step time, ground truths A and B),
 `oracle` (the split's semantics and `OracleTotals`), `telemetry` (vLLM's page and NVML's counter
 with their real semantics), `sources` (the exporter's source interfaces and an HTTP page server),
-`run` (`Simulation`, `Faults`). Pure Python; nothing here reads the wall clock except the
+`run` (`Simulation`, `Faults`; `plugin=True` adds the vLLM plugin's families to the page, counted
+by the plugin's own code). Pure Python; nothing here reads the wall clock except the
 real-time driver and the HTTP server.
 """
 

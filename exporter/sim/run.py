@@ -13,6 +13,13 @@ power meanwhile), and refuses open-loop arrivals in between (closed-loop users r
 back); a driver reset restarts the NVML counters at zero. NVML read errors are drawn by the
 energy source (`exporter.sim.sources`) from its own random stream, so reading never changes
 what the engine does. Missed scrapes are the caller's business: just don't read.
+
+With `plugin=True` the page also carries the vLLM plugin's families, counted by the plugin's own
+`StepCounter` from stats shaped as vLLM 0.32 hands them to stat loggers (started with
+`--enable-logging-iteration-details`), once per completed step, and rendered by the plugin's own
+table: the same semantics as the real plugin (see `Simulation._record_plugin`). It publishes no
+GPU energy: the simulated NVML counters stay the energy source. A restarted vLLM starts a fresh
+counter (a new process), and a step cut short by the restart is counted by neither.
 """
 
 from __future__ import annotations
@@ -24,16 +31,23 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from heapq import heappop, heappush
+from types import SimpleNamespace
 from typing import NamedTuple
 
+from exporter import __version__
 from exporter.attribution.gpu_table import GPU_TABLE, GpuSpec, lookup
 from exporter.attribution.model_spec import ModelSpec
 from exporter.attribution.token_class import CACHED_INPUT, INPUT, OUTPUT
+from exporter.plugin.state import EnergyTotals, Identity, table
+from exporter.plugin.steps import StepCounter
 from exporter.sim.engine import Engine, EngineConfig, Seq, StepResult
 from exporter.sim.hardware import COMPONENT, HardwareModel, Roofline, StepCost
 from exporter.sim.oracle import CLASSES, OracleTotals
 from exporter.sim.telemetry import EnergyMeter, VllmCounters, render_page
 from exporter.sim.workload import Scenario, Workload
+from exporter.sources.plugin_families import render
+
+PLUGIN_VLLM_VERSION = "simulated"  # the plugin's info{vllm_version} on the simulated page
 
 _HISTORY_SECONDS = 2.5  # energy history kept for NVML readings (they look back 1.1 s at most)
 _RESTART_DOWN, _RESTART_UP, _DRIVER_RESET = 0, 1, 2
@@ -107,7 +121,11 @@ class Simulation:
 
     `truth` is "component" (energy from FLOPs and bytes, capped at the board limit) or "phase"
     (constant power per phase). Everything is deterministic given the arguments, whatever is
-    read and when. Thread-safe through `lock` (the readers and the HTTP server take it)."""
+    read and when. Thread-safe through `lock` (the readers and the HTTP server take it).
+
+    `plugin`: the page carries the vLLM plugin's families too (module docstring); `plugin_counter`
+    is the plugin's step counter of the vLLM process now running. The plugin labels the engine by
+    its index, so `engine_label` must then be one."""
 
     def __init__(
         self,
@@ -125,7 +143,10 @@ class Simulation:
         engine_label: str = "0",
         epoch: float = 1.7e9,
         trace: bool = False,
+        plugin: bool = False,
     ) -> None:
+        if plugin and not engine_label.isdigit():
+            raise ValueError(f"with the plugin, engine_label is vLLM's engine index, not {engine_label!r}")
         self.scenario = scenario
         self.gpu = _gpu_spec(gpu)
         self.model = model
@@ -150,6 +171,20 @@ class Simulation:
         self.trace = trace
         self.step_trace: list[StepTrace] = []
         self.finished: list[Seq] = []  # finished requests, with trace=True
+
+        self.plugin = plugin
+        self.plugin_counter: StepCounter | None = StepCounter() if plugin else None
+        self._plugin_started = self.counters.created
+        self._plugin_preempted = 0  # preemptions not yet reported: vLLM reports them with outputs
+        self._engine_index = int(engine_label) if plugin else 0
+        details = SimpleNamespace(num_ctx_tokens=0, num_generation_tokens=0, elapsed_ms=0.0, is_dummy=False)
+        prompt = SimpleNamespace(computed=0, cached_tokens=0, total=0)
+        self._plugin_stats = (
+            SimpleNamespace(num_running_reqs=0, num_waiting_reqs=0, kv_cache_usage=0.0, iteration_details=details),
+            details,
+            SimpleNamespace(num_generation_tokens=0, prompt_token_stats=prompt, num_preempted_reqs=0),
+            prompt,
+        )
 
     def _build_engine(self, truth: str, roofline: Roofline) -> None:
         """The hardware model, the KV blocks (unless configured, what fits beside the weights), the
@@ -283,6 +318,8 @@ class Simulation:
         tokens[OUTPUT] += r.emitted
         tokens[CACHED_INPUT] += r.first_hits
         self.counters.apply(r)
+        if self.plugin_counter is not None:
+            self._record_plugin(self.plugin_counter, r)
         t1 = seg.t1
         for seq in r.first_tokens:
             seq.first_token_at = t1
@@ -312,6 +349,34 @@ class Simulation:
                     r.decode_context,
                 )
             )
+
+    def _record_plugin(self, counter: StepCounter, r: StepResult) -> None:
+        """What vLLM 0.32 hands a stat logger after this step: its scheduler stats with the
+        iteration details (prompt tokens counted when scheduled, recomputation included), and,
+        only when the step emitted tokens (vLLM builds IterationStats for output batches alone),
+        the tokens and preemptions as vLLM's own counters see them. A preemption reaches vLLM's
+        stats as an event on a request's output, so one in a step without outputs is reported
+        with the next step's. The stats objects are reused: the counter reads them and keeps
+        nothing."""
+        scheduler, details, iteration, prompt = self._plugin_stats
+        details.num_ctx_tokens = r.prefill
+        details.num_generation_tokens = r.decode
+        details.elapsed_ms = r.cost.seconds * 1000.0
+        scheduler.num_running_reqs = r.running
+        scheduler.num_waiting_reqs = r.waiting
+        scheduler.kv_cache_usage = r.kv_usage
+        preempted = self._plugin_preempted + r.preemptions
+        if not r.emitted:
+            self._plugin_preempted = preempted
+            counter.record(scheduler, None, self._engine_index)
+            return
+        prompt.computed = r.prompt_credit - r.cached_credit
+        prompt.cached_tokens = r.cached_credit
+        prompt.total = r.prompt_credit
+        iteration.num_generation_tokens = r.emitted
+        iteration.num_preempted_reqs = preempted
+        self._plugin_preempted = 0
+        counter.record(scheduler, iteration, self._engine_index)
 
     def _truncate(self, at: float) -> None:
         """End the segment in flight at `at`: its energy so far is spent, its effects are lost."""
@@ -358,6 +423,10 @@ class Simulation:
             self._truncate(at)
             self.engine = Engine(self.config, self.hardware, self.num_gpu_blocks)
             self.counters = VllmCounters(created=self.epoch + at)
+            if self.plugin:  # vLLM's new process loads the plugin afresh
+                self.plugin_counter = StepCounter()
+                self._plugin_started = self.counters.created
+                self._plugin_preempted = 0
             self.workload.on_restart(self._down_since, at, self._lost_in_restart)
             self._down_since = None
             self.restarts += 1
@@ -409,9 +478,31 @@ class Simulation:
             )
 
     def page(self) -> str:
-        """vLLM's /metrics page as it stands now (whatever vLLM's state; see `vllm_up`)."""
+        """vLLM's /metrics page as it stands now (whatever vLLM's state; see `vllm_up`), with the
+        plugin's families after vLLM's own when the simulation has the plugin."""
         with self.lock:
-            return render_page(self.counters, self.model_name, self.engine_label, self.cache_config)
+            page = render_page(self.counters, self.model_name, self.engine_label, self.cache_config)
+            if self.plugin_counter is not None:
+                page += self.plugin_page()
+            return page
+
+    def plugin_page(self) -> str:
+        """The plugin's families alone, as its snapshot file holds them ("" without the plugin)."""
+        with self.lock:
+            counter = self.plugin_counter
+            if counter is None:
+                return ""
+            identity = Identity(
+                model_name=self.model_name,
+                version=__version__,
+                vllm_version=PLUGIN_VLLM_VERSION,
+                started=self._plugin_started,
+                kv_capacity_tokens=float(self.num_gpu_blocks * self.config.block_size),
+            )
+            samples = table(
+                identity, counter.engines, counter.missing, counter.details_seen, {}, None, EnergyTotals(), 0.0
+            )
+            return render(samples)
 
 
 def _add_time_share(totals: list[float], cost: StepCost, frac: float) -> None:
@@ -420,4 +511,4 @@ def _add_time_share(totals: list[float], cost: StepCost, frac: float) -> None:
     totals[2] += (cost.energy - cost.ts_input - cost.ts_cached) * frac
 
 
-__all__ = ["Faults", "Simulation", "StepTrace"]
+__all__ = ["PLUGIN_VLLM_VERSION", "Faults", "Simulation", "StepTrace"]

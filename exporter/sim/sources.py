@@ -1,11 +1,12 @@
 """The simulator behind the exporter's source interfaces, and over HTTP.
 
-`SimVllmSource.read()` and `SimEnergySource.read()` return exactly what `VllmSource` and
-`NvmlEnergySource` return (a `VllmSnapshot` from the real page parser on the rendered page; an
-`EnergySnapshot` of cumulative NVML counters), or raise `SourceError` as they do, for the
-simulation's state at its current virtual time; the snapshots are stamped with that time. They do
-not move the clock: the caller advances the simulation between ticks (virtual-time mode), or a
-`RealTimeDriver` advances it to the wall clock before each read (real-time mode).
+`SimVllmSource.read()` (and `read_text()`) and `SimEnergySource.read()` return exactly what
+`VllmSource` and `NvmlEnergySource` return (a `VllmSnapshot` from the real page parser on the
+rendered page, or the page's text; an `EnergySnapshot` of cumulative NVML counters), or raise
+`SourceError` as they do, for the simulation's state at its current virtual time; the snapshots
+are stamped with that time. They do not move the clock: the caller advances the simulation
+between ticks (virtual-time mode), or a `RealTimeDriver` advances it to the wall clock before
+each read (real-time mode).
 
 `serve_metrics()` serves the current page at /metrics (and 200 at /health) on 127.0.0.1 with a
 small threaded `http.server`; while vLLM is down (a simulated restart) it drops connections
@@ -51,19 +52,27 @@ class RealTimeDriver:
 
 
 class SimVllmSource:
-    """vLLM's page, rendered and parsed with the exporter's own parser."""
+    """vLLM's page, rendered and parsed with the exporter's own parser.
+
+    `read_text()` is `VllmSource.read_text()`: the page's text and its time, for the exporter's
+    `WorkReader`, which takes the plugin's families from it where the simulation has the plugin
+    (`WorkReader(SimVllmSource(sim))` is the exporter's own road to them). `read()` parses vLLM's
+    own families alone, whatever else the page carries."""
 
     def __init__(self, sim: Simulation, driver: RealTimeDriver | None = None) -> None:
         self.sim = sim
         self.driver = driver
 
     def read(self) -> VllmSnapshot:
+        return parse(*self.read_text())
+
+    def read_text(self) -> tuple[str, float]:
         with self.sim.lock:
             if self.driver is not None:
                 self.driver.sync()
             if not self.sim.vllm_up:
                 raise SourceError("connection", "connection refused (simulated vLLM restart)")
-            return parse(self.sim.page(), self.sim.now)
+            return self.sim.page(), self.sim.now
 
     def close(self) -> None:
         pass
