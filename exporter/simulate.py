@@ -8,6 +8,7 @@ import argparse
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 
 from exporter.app import App, StartupError, build
 from exporter.attribution.gpu_table import GPU_TABLE
+from exporter.attribution.readings import EnergySnapshot
 from exporter.attribution.token_class import IDLE, TOKEN_CLASSES, TokenClass
 from exporter.config import Settings, describe_errors
 from exporter.sim import (
@@ -23,10 +25,13 @@ from exporter.sim import (
     LLAMA_3_8B,
     PHASE,
     SCENARIOS,
+    TRUST_BAND,
     MetricsServer,
+    OracleTotals,
     RealTimeDriver,
     SimEnergySource,
     Simulation,
+    TrustClock,
     serve_metrics,
 )
 from exporter.sources.energy import EnergySetup
@@ -41,6 +46,9 @@ legend:
   share        the class's share of all measured energy, as the exporter allocates it
   true share   the same share as the simulator's oracle knows it: the two columns should agree
   identified   1 once the data, not the prior, decide the split between input and output
+  split error  the exporter's input and output shares of all the energy since it started against the
+               oracle's; "trusted since t=" the virtual time from which both have stayed within
+               ±10 % (time to trust), checked at each summary
   marginal J   the fitted cost of one unit of each driver ± its standard deviation, next to the true
                one: input = a computed prompt token, output = an output token's own FLOPs (the
                per-token part only: the J/Mtok above also carries the per-step weight stream and
@@ -75,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--vllm-port", type=int, default=0, help="port of the simulated vLLM page on 127.0.0.1; 0: any free port")
     arg("--gpu-hourly-price", type=float, default=3.0, help="rental price of one GPU-hour")
     arg("--currency", default="USD", help="ISO 4217 code of the price")
+    arg(
+        "--plugin",
+        action="store_true",
+        help="the simulated vLLM runs the token-economy plugin: its page carries the plugin's families and "
+        "the exporter counts the work from them (build_info's work_source)",
+    )
 
 
 def _legend(currency: str) -> str:
@@ -112,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         truth=args.truth,
         seed=args.seed,
         model_name=args.model,
+        plugin=args.plugin,
     )
     driver = RealTimeDriver(sim, speed=args.speed)
     try:
@@ -120,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--vllm-port {args.vllm_port}: {err.strerror or err}")
     try:
         settings = _settings(args, page)
-        energy = EnergySetup(SimEnergySource(sim, driver), "simulated", GPU_TABLE[args.gpu_type], args.gpus, None)
+        meter = TruthAtReads(sim, driver)
+        energy = EnergySetup(meter, "simulated", GPU_TABLE[args.gpu_type], args.gpus, None)
         app = build(settings, energy=energy, model=model)
     except ValidationError as err:
         page.close()
@@ -128,18 +144,72 @@ def run(args: argparse.Namespace) -> int:
     except StartupError as err:
         page.close()
         return _fail(str(err))
+    plugin = ", with the plugin" if args.plugin else ""
     print(
         f"simulated vLLM ({args.scenario}, {args.model} on {args.gpus}x{args.gpu_type}, truth={args.truth}, "
-        f"{args.speed:g}x real time) at {page.url}/metrics",
+        f"{args.speed:g}x real time{plugin}) at {page.url}/metrics",
         flush=True,
     )
     host = settings.listen_host_port[0].replace("0.0.0.0", "127.0.0.1")
     print(f"exporter at http://{host}:{app.server.port}/metrics", flush=True)
-    _serve(app, sim, page, args)
+    _serve(app, sim, page, args, SplitCheck(meter))
     return 0
 
 
-def _serve(app: App, sim: Simulation, page: MetricsServer, args: argparse.Namespace) -> None:
+class TruthAtReads(SimEnergySource):
+    """The simulated GPUs' NVML counters, noting the oracle's totals at each of the exporter's energy
+    readings: the first is where its allocation starts, and the ledger's view after n ticks is as
+    of the n-th reading (the loop reads the energy once per tick)."""
+
+    def __init__(self, sim: Simulation, driver: RealTimeDriver | None = None) -> None:
+        super().__init__(sim, driver)
+        self.first: OracleTotals | None = None
+        self.reads = 0
+        self._recent: deque[tuple[int, OracleTotals]] = deque(maxlen=64)
+
+    def read(self) -> EnergySnapshot:
+        with self.sim.lock:
+            try:
+                return super().read()
+            finally:
+                truth = self.sim.oracle_totals()
+                self.reads += 1
+                if self.first is None:
+                    self.first = truth
+                self._recent.append((self.reads, truth))
+
+    def at_read(self, n: int) -> OracleTotals | None:
+        """The truth as of the n-th reading, while it is among the recent ones."""
+        for number, truth in reversed(self._recent):
+            if number == n:
+                return truth
+        return None
+
+
+class SplitCheck:
+    """The exporter's cumulative split against the oracle's over the same window, and since when
+    it has stayed within the trust band (`exporter.sim.trust`)."""
+
+    def __init__(self, meter: TruthAtReads) -> None:
+        self.meter = meter
+        self.clock: TrustClock | None = None
+
+    def line(self, ticks: float, allocated: Mapping[TokenClass, float]) -> str:
+        """`allocated`: J by class since the exporter started, as of its `ticks`-th tick."""
+        first, truth = self.meter.first, self.meter.at_read(int(ticks))
+        if first is None or truth is None or ticks < 2:
+            return "split error: waiting for the exporter's first interval"
+        if self.clock is None:
+            self.clock = TrustClock(start=first.time)
+        error_in, error_out = self.clock.update(truth.time, allocated, truth.minus(first))
+        since = self.clock.since
+        trusted = (
+            f"trusted since t={since:.0f} s" if since is not None else f"not trusted yet (outside ±{TRUST_BAND:.0%})"
+        )
+        return f"split error vs oracle since start: input {error_in:+6.1%}  output {error_out:+6.1%}   {trusted}"
+
+
+def _serve(app: App, sim: Simulation, page: MetricsServer, args: argparse.Namespace, check: SplitCheck) -> None:
     stop = threading.Event()
     worker = threading.Thread(target=app.run, args=(stop,), name="exporter", daemon=True)
     worker.start()
@@ -148,7 +218,7 @@ def _serve(app: App, sim: Simulation, page: MetricsServer, args: argparse.Namesp
     try:
         while time.monotonic() < deadline:
             time.sleep(max(min(args.refresh, deadline - time.monotonic()), 0.01))
-            print(summary(app, sim, args.currency), flush=True)
+            print(summary(app, sim, args.currency, check), flush=True)
             if legend:  # once, under the first summary
                 print(legend, flush=True)
                 legend = ""
@@ -168,7 +238,7 @@ def _by_class(items: Iterable[tuple[tuple[Any, ...], float]]) -> dict[TokenClass
     return totals
 
 
-def summary(app: App, sim: Simulation, currency: str) -> str:
+def summary(app: App, sim: Simulation, currency: str, check: SplitCheck | None = None) -> str:
     view = app.ledger.view()
     truth = sim.oracle_totals()
     energy, tokens, cost = _by_class(view.energy.items()), _by_class(view.tokens.items()), _by_class(view.cost.items())
@@ -187,6 +257,8 @@ def summary(app: App, sim: Simulation, currency: str) -> str:
             f"{cls:<13}{n:>12.0f}{j_per_m:>14.4g}{c_per_m:>12.4g}"
             f"{energy[cls] / total if total else 0:>9.1%}{true_share:>12.1%}"
         )
+    if check is not None:
+        lines.append(check.line(view.ticks, energy))
     lines.append(f"marginal J: {_marginal(view.coefficients, sim)}")
     return "\n".join(lines)
 

@@ -14,7 +14,8 @@ blocks, prefix cache, preemption), `hardware` (roofline step time, ground truths
 `oracle` (the split's semantics and `OracleTotals`), `telemetry` (vLLM's page and NVML's counter
 with their real semantics), `sources` (the exporter's source interfaces and an HTTP page server),
 `run` (`Simulation`, `Faults`; `plugin=True` adds the vLLM plugin's families to the page, counted
-by the plugin's own code). Pure Python; nothing here reads the wall clock except the
+by the plugin's own code), `trust` (time to trust: when the exporter's cumulative split settles
+within ±10 % of the oracle's). Pure Python; nothing here reads the wall clock except the
 real-time driver and the HTTP server.
 """
 
@@ -23,6 +24,7 @@ from exporter.sim.hardware import COMPONENT, LLAMA_2_70B, LLAMA_3_8B, PHASE, Har
 from exporter.sim.oracle import CLASSES, OracleTotals
 from exporter.sim.run import Faults, Simulation, StepTrace
 from exporter.sim.sources import MetricsServer, RealTimeDriver, SimEnergySource, SimVllmSource, serve_metrics
+from exporter.sim.trust import TRUST_BAND, TrustClock, split_errors
 from exporter.sim.workload import (
     SCENARIOS,
     ClosedLoop,
@@ -51,6 +53,7 @@ __all__ = [
     "LLAMA_3_8B",
     "PHASE",
     "SCENARIOS",
+    "TRUST_BAND",
     "ClosedLoop",
     "EngineConfig",
     "Faults",
@@ -72,12 +75,14 @@ __all__ = [
     "StepTrace",
     "Trace",
     "TraceRequest",
+    "TrustClock",
     "Uniform",
     "bursty_idle",
     "decode_heavy",
     "prefill_heavy",
     "prefix_cache_heavy",
     "serve_metrics",
+    "split_errors",
     "steady_mix",
     "well_mixed",
 ]

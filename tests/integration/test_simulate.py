@@ -10,7 +10,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 
-def test_simulate_serves_metrics_and_prints_a_summary_next_to_the_truth():
+def run_simulate(*extra: str) -> tuple[list[str], dict, str, int]:
+    """Run `simulate` for 8 s, scrape its exporter once after 4 s: (first lines, samples, output, rc)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -27,6 +28,7 @@ def test_simulate_serves_metrics_and_prints_a_summary_next_to_the_truth():
             "0.5",
             "--listen-address",
             "127.0.0.1:0",
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -43,7 +45,19 @@ def test_simulate_serves_metrics_and_prints_a_summary_next_to_the_truth():
         out, _ = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == 0, out
+    return lines, samples, out, proc.returncode
+
+
+SPLIT_LINE = re.compile(
+    r"^split error vs oracle since start: input\s+[+-]\d+\.\d% +output\s+[+-]\d+\.\d% +"
+    r"(trusted since t=\d+ s|not trusted yet)",
+    re.M,
+)
+
+
+def test_simulate_serves_metrics_and_prints_a_summary_next_to_the_truth():
+    _, samples, out, returncode = run_simulate()
+    assert returncode == 0, out
     tokens = {labels["token_class"]: v for labels, v in samples["token_economy_tokens_total"]}
     assert tokens["input"] > 0 and tokens["output"] > 0
     energy = sum(v for _, v in samples["token_economy_energy_joules_total"])
@@ -51,3 +65,22 @@ def test_simulate_serves_metrics_and_prints_a_summary_next_to_the_truth():
     assert math.isclose(energy, measured, rel_tol=1e-9) and measured > 0
     assert ("energy_source", "simulated") in samples["token_economy_build_info"][0][0].items()
     assert "true share" in out and re.search(r"^output\s+\d+", out, re.M) and "marginal J:" in out
+    assert dict(samples["token_economy_build_info"][0][0])["work_source"] == "vllm"
+    assert SPLIT_LINE.search(out), out  # the cumulative split against the oracle, and the time to trust
+
+
+def test_simulate_with_the_plugin_counts_the_work_from_the_plugins_families():
+    lines, samples, out, returncode = run_simulate("--plugin")
+    assert returncode == 0, out
+    assert "with the plugin" in lines[0]
+    build = dict(samples["token_economy_build_info"][0][0])
+    assert build["work_source"] == "plugin" and build["energy_source"] == "simulated"
+    # The simulated GPUs' counters still measure: the plugin publishes no energy here.
+    sources = [(labels["work_source"], labels["energy_source"]) for labels, _ in samples["token_economy_sources_info"]]
+    assert sources == [("plugin", "simulator")]
+    tokens = {labels["token_class"]: v for labels, v in samples["token_economy_tokens_total"]}
+    assert tokens["input"] > 0 and tokens["output"] > 0
+    energy = sum(v for _, v in samples["token_economy_energy_joules_total"])
+    measured = sum(v for _, v in samples["token_economy_gpu_energy_joules_total"])
+    assert math.isclose(energy, measured, rel_tol=1e-9) and measured > 0
+    assert SPLIT_LINE.search(out), out
