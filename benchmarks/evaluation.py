@@ -7,6 +7,12 @@ computed on the same trace:
 - `request_time`: energy split by summed per-request prefill vs decode wall time, as vLLM's
   `request_prefill_time_seconds` / `request_decode_time_seconds` would give (how request-time
   cost allocators split).
+
+Two paths to the work: `counters` reads vLLM's own families (`SimVllmSource`); `plugin` runs the
+simulation with the vLLM plugin and reads the plugin's families through the exporter's own
+`WorkReader`, with its energy through `PluginEnergy` (the plugin publishes none here, so the
+simulated NVML answers), as `run` wires them. After every tick the cumulative split is compared
+with the oracle's (`exporter.sim.trust`): `trust_seconds` is the time to trust.
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ from exporter.attribution.estimator import DRIVERS
 from exporter.attribution.model_spec import ModelSpec
 from exporter.attribution.token_class import IDLE, INPUT, OUTPUT, TOKEN_CLASSES, TokenClass
 from exporter.config import Settings
-from exporter.sim import Faults, SimEnergySource, Simulation, SimVllmSource
+from exporter.sim import Faults, SimEnergySource, Simulation, SimVllmSource, TrustClock
 from exporter.sim.workload import Scenario
 from exporter.sources.errors import SourceError
+from exporter.sources.plugin import PluginEnergy, WorkReader
 
 CLASSES = tuple(TokenClass)
+PATHS = ("counters", "plugin")  # vLLM's own counters, or the plugin's families through WorkReader
 
 
 @dataclass(slots=True)
@@ -42,6 +50,10 @@ class Evaluation:
     ticks: int = 0
     missed: int = 0
     oracle_time_share: dict[str, float] = field(default_factory=dict)  # true J per class by time share alone
+    path: str = "counters"
+    work_origin: str = ""  # whose step counts the exporter read last ("plugin", "vllm")
+    trust_seconds: float | None = None  # time to trust; None: the split never settled within the band
+    trust_trail: list[tuple[float, float, float]] = field(default_factory=list)  # (t, input, output error)
 
     def share_error(
         self, cls: str, allocated: dict[str, float] | None = None, oracle: dict[str, float] | None = None
@@ -83,13 +95,18 @@ def evaluate(
     faults: Faults = Faults(),
     missed_scrape_rate: float = 0.0,
     settings: Settings | None = None,
+    plugin: bool = False,
 ) -> Evaluation:
     from exporter.app import make_attributor  # the exporter's own wiring, as `run` builds it
     from exporter.attribution.gpu_table import GPU_TABLE
 
     settings = settings or Settings()
-    sim = Simulation(scenario, gpu, model, gpus=gpus, truth=truth, seed=seed, faults=faults, trace=True)
-    vllm, energy = SimVllmSource(sim), SimEnergySource(sim)
+    sim = Simulation(scenario, gpu, model, gpus=gpus, truth=truth, seed=seed, faults=faults, trace=True, plugin=plugin)
+    if plugin:  # the exporter's own road, as `run` wires it in its default energy mode (auto)
+        work = WorkReader(SimVllmSource(sim))
+        vllm, energy = work, PluginEnergy(work, SimEnergySource(sim))
+    else:
+        vllm, energy = SimVllmSource(sim), SimEnergySource(sim)
     attributor = make_attributor(settings, GPU_TABLE[gpu], gpus, model)
     skip = random.Random(f"{seed}/missed")
     allocated = dict.fromkeys(CLASSES, 0.0)
@@ -97,20 +114,31 @@ def evaluate(
     measured = 0.0
     ticks = missed = 0
 
+    origin = ""
+
     def read(source):
         try:
             return source.read()
         except SourceError:
             return None
 
-    attributor.tick(read(vllm), read(energy))
+    def read_work():
+        nonlocal origin
+        snapshot = read(vllm)
+        if snapshot is not None:
+            origin = snapshot.origin
+        return snapshot
+
+    attributor.tick(read_work(), read(energy))
     first = sim.oracle_totals()  # the first reading is a baseline: compare from here
+    trust = TrustClock(start=first.time)
+    trail = []
     while sim.now < duration:
         sim.advance(interval)
         if skip.random() < missed_scrape_rate:
             missed += 1
             continue
-        result = attributor.tick(read(vllm), read(energy))
+        result = attributor.tick(read_work(), read(energy))
         ticks += 1
         for (_, cls), count in result.tokens.items():
             tokens[cls] += count
@@ -118,6 +146,8 @@ def evaluate(
             measured += result.energy_joules
             for (_, cls), joules in result.allocation.energy.items():
                 allocated[cls] += joules
+        errors = trust.update(sim.now, allocated, sim.oracle_totals().minus(first))
+        trail.append((sim.now, *errors))
 
     oracle = sim.oracle_totals().minus(first)
     estimator = attributor.estimator
@@ -141,6 +171,10 @@ def evaluate(
         ticks=ticks,
         missed=missed,
         oracle_time_share=dict(oracle.energy_time_share),
+        path="plugin" if plugin else "counters",
+        work_origin=origin,
+        trust_seconds=trust.seconds,
+        trust_trail=trail,
     )
     evaluation.baselines = _baselines(sim, measured)
     return evaluation
@@ -168,3 +202,8 @@ def _baselines(sim: Simulation, measured: float) -> dict[str, dict[str, float]]:
 
 def fmt(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:+.1%}"
+
+
+def fmt_minutes(seconds: float | None) -> str:
+    """Time to trust in minutes; "never" when the split did not settle."""
+    return "never" if seconds is None else f"{seconds / 60:.1f} min"
