@@ -141,7 +141,7 @@ def test_with_prefill_step_counts_the_interaction_is_fitted_of_either_sign():
     # J per prefill-carrying step beyond its parts' own costs. The pull back to the prior (0) and
     # the interaction's correlation with the step count leave it shrunk towards 0, never flipped.
     for interaction in (1.2, -0.6):
-        est = MarginalCostEstimator(PRIOR)
+        est = MarginalCostEstimator(PRIOR, EstimatorSettings(exact_window_seconds=5.0))  # a window a read
         rng = random.Random(7)
         for _ in range(3000):
             w = mixed_window(rng)
@@ -160,7 +160,7 @@ def test_without_prefill_step_counts_the_interaction_stays_at_its_prior():
 
 
 def test_exact_work_closes_short_windows():
-    est = MarginalCostEstimator(PRIOR)  # 30 s windows for counters, 5 s for the plugin's exact counts
+    est = MarginalCostEstimator(PRIOR, EstimatorSettings(exact_window_seconds=5.0))  # counters: 30 s
     w = Work(input=1000.0, output=500.0, steps=50.0, kv_context=5e5)
     assert est.observe(energy(TRUE, w), 5.0, w, exact=True)
     assert not est.observe(energy(TRUE, w), 5.0, w, exact=False)
