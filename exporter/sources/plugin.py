@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from pathlib import Path
 
 from exporter.attribution.readings import EnergySnapshot, EngineSample, GpuIdentity, GpuReading, VllmSnapshot
@@ -22,7 +23,6 @@ from exporter.sources import plugin_page, vllm_page
 from exporter.sources.energy import EnergySource
 from exporter.sources.errors import SourceError
 from exporter.sources.plugin_families import PREFIX
-from exporter.sources.vllm import VllmSource
 
 SNAPSHOT_GLOB = "plugin-*.prom"
 MAX_FILES = 64  # one per vLLM API-server process; more is not a vLLM pod
@@ -78,12 +78,20 @@ def _read_bounded(path: Path) -> tuple[str, float]:
     return data.decode("utf-8"), stat.st_mtime
 
 
+class Page(Protocol):
+    """vLLM's page as text with the time it arrived: `VllmSource`, or the simulator's."""
+
+    def read_text(self) -> tuple[str, float]: ...
+
+    def close(self) -> None: ...
+
+
 class WorkReader:
     """What the engines did: the plugin's counts where it runs, vLLM's own otherwise."""
 
     def __init__(
         self,
-        page: VllmSource,
+        page: Page,
         directory: PluginDirectory | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
