@@ -15,8 +15,8 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
 from exporter.attribution.readings import EnergySnapshot, EngineSample, GpuIdentity, GpuReading, VllmSnapshot
 from exporter.sources import plugin_page, vllm_page
