@@ -131,8 +131,13 @@ class Runtime:
 
     def publish_once(self) -> None:
         """One round; any failure is counted where it happened and the round goes on."""
+        gpus = None
         try:
-            gpus = self._read_energy() if self._measures() else None
+            if self._measures():
+                gpus = self._read_energy()
+        except Exception as err:  # energy may fail; the work is still published
+            self._failed("nvml", err)
+        try:
             current = self._table(gpus)
         except Exception as err:  # a bug in our own code must not end the thread
             self._failed("sampler", err)
@@ -178,7 +183,13 @@ class Runtime:
         if now < self._next_election:
             return False
         self._next_election = now + ELECTION_RETRY_SECONDS
-        handle = open(self.config.lock_directory / LOCK_NAME, "a")  # noqa: SIM115 (held while we measure)
+        try:
+            handle = open(self.config.lock_directory / LOCK_NAME, "a")  # noqa: SIM115 (held while we measure)
+        except OSError as err:
+            # No lock to take (a missing or read-only directory): measuring here may count a GPU
+            # twice if several API servers do the same; not measuring would count it never.
+            self._failed("snapshot", err)
+            return True
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -180,3 +180,16 @@ def test_vllms_per_step_lines_are_dropped_and_its_other_lines_pass(monkeypatch):
     assert target.filter(record("%sAvg prompt throughput: %.1f tokens/s"))
     monkeypatch.setattr(target, "filters", [])
     assert not quiet_step_lines({"TOKEN_ECONOMY_PLUGIN_STEP_LOGS": "1"}) and not target.filters
+
+
+def test_a_missing_shared_directory_still_publishes_the_work_and_the_energy(tmp_path):
+    gone = tmp_path / "not-mounted"  # the lock and the snapshot file would both live there
+    runtime, registry = make(
+        tmp_path, FakeNvml([FakeGpu(uuid="GPU-a", energy_mj=1000.0)]), directory=gone, lock_directory=gone
+    )
+    runtime.counter.record(None, iteration(3), 0)
+    runtime.publish_once()
+    reading = plugin_page.parse(page(registry))
+    assert reading is not None and reading.engines[0].generation_tokens == 3
+    assert reading.gpus is not None  # measured anyway: never counting a GPU is worse than maybe twice
+    assert runtime.errors["snapshot"] >= 1
