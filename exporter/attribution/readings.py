@@ -41,6 +41,7 @@ class EngineSample:
     # at first token: the prefill work lands in the interval whose energy paid for it.
     scheduled_prompt_tokens: float | None = None
     prefill_steps: float | None = None  # steps that carried prefill (the plugin, with iteration details)
+    kv_usage_steps: float | None = None  # KV use summed over steps (the plugin): x capacity = context read
     steps: float | None = None  # iteration_tokens_total_count
     step_tokens: float | None = None  # iteration_tokens_total_sum
     preemptions: float | None = None

@@ -51,6 +51,7 @@ _COUNTERS = (
     "scheduled_prompt_tokens",
     "steps",
     "prefill_steps",
+    "kv_usage_steps",
 )
 
 
@@ -84,7 +85,10 @@ class WorkMeter:
             previous_usage = self._last_usage.get(series, usage)
             if usage is not None:
                 self._last_usage[series] = usage
-            if usage is not None and previous_usage is not None and sample.kv_cache_capacity_tokens:
+            if "kv_usage_steps" in increases and sample.kv_cache_capacity_tokens:
+                # The plugin summed each step's own use: the context read, step by step.
+                piece.kv_context = increases["kv_usage_steps"] * sample.kv_cache_capacity_tokens
+            elif usage is not None and previous_usage is not None and sample.kv_cache_capacity_tokens:
                 piece.kv_context = piece.steps * 0.5 * (usage + previous_usage) * sample.kv_cache_capacity_tokens
             work.add(piece)
 

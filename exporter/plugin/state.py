@@ -83,6 +83,7 @@ def _engine(out: Table, key: tuple[str, str], counts: EngineCounts, identity: Id
     out[f.RUNNING][key] = counts.running
     out[f.WAITING][key] = counts.waiting
     out[f.KV_USAGE][key] = counts.kv_usage
+    out[f.KV_USAGE_STEPS][key] = counts.kv_usage_steps
     out[f.STARTED][key] = identity.started
     if identity.kv_capacity_tokens:
         out[f.KV_CAPACITY][key] = identity.kv_capacity_tokens

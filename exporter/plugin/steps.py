@@ -46,6 +46,7 @@ class EngineCounts:
     running: int = 0
     waiting: int = 0
     kv_usage: float = 0.0
+    kv_usage_steps: float = 0.0  # the KV cache's use summed over the steps that ran (x capacity: context read)
 
 
 class StepCounter:
@@ -104,6 +105,7 @@ class StepCounter:
         elif details is not None:
             self.details_seen = True
             self._details(counts, details)
+            counts.kv_usage_steps += counts.kv_usage
             return
         if self.details_seen or not had_outputs:
             return  # with details on, a step without them scheduled nothing; else count what vLLM counts

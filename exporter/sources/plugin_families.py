@@ -59,6 +59,10 @@ BUSY = _f("busy_seconds_total", Kind.COUNTER, ENGINE, "Time the engine spent in 
 RUNNING = _f("running_requests", Kind.GAUGE, ENGINE, "Requests in the running batch at the latest step.")
 WAITING = _f("waiting_requests", Kind.GAUGE, ENGINE, "Requests waiting at the latest step.")
 KV_USAGE = _f("kv_cache_usage_ratio", Kind.GAUGE, ENGINE, "Fraction of the KV cache in use at the latest step.")
+KV_USAGE_STEPS = _f(
+    "kv_cache_usage_steps_total", Kind.COUNTER, ENGINE,
+    "The KV cache's fraction in use, summed over the steps that ran (times capacity: the context they read).",
+)  # fmt: skip
 KV_CAPACITY = _f("kv_cache_capacity_tokens", Kind.GAUGE, ENGINE, "KV cache capacity in tokens.")
 STARTED = _f("start_time_seconds", Kind.GAUGE, ENGINE, "Unix time the plugin started counting for this engine.", "max")
 GPU_ENERGY = _f(
@@ -79,7 +83,8 @@ SAMPLER_CPU = _f("sampler_cpu_seconds_total", Kind.COUNTER, (), "CPU time of the
 INFO = _f("info", Kind.GAUGE, ("version", "vllm_version"), "The plugin's version and vLLM's; always 1.", "max")
 
 FAMILIES: tuple[PluginFamily, ...] = (
-    STEPS, SCHEDULED_TOKENS, TOKENS, PREEMPTIONS, BUSY, RUNNING, WAITING, KV_USAGE, KV_CAPACITY, STARTED,
+    STEPS, SCHEDULED_TOKENS, TOKENS, PREEMPTIONS, BUSY, RUNNING, WAITING, KV_USAGE, KV_USAGE_STEPS, KV_CAPACITY,
+    STARTED,
     GPU_ENERGY, GPU_POWER, NVML_UP, ERRORS, FIELD_AVAILABLE, SAMPLER_CPU, INFO,
 )  # fmt: skip
 

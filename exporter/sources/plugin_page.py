@@ -77,6 +77,7 @@ def _engines(rows: Rows, suffix: str) -> tuple[EngineSample, ...]:
                 computed_prompt_tokens=computed,
                 scheduled_prompt_tokens=rows[f.SCHEDULED_TOKENS].get((*key, "prefill")) if details else None,
                 prefill_steps=prefill_steps if details else None,
+                kv_usage_steps=rows[f.KV_USAGE_STEPS].get(key) if details else None,
                 steps=None if prefill_steps is None or decode_steps is None else prefill_steps + decode_steps,
                 preemptions=rows[f.PREEMPTIONS].get(key),
                 created=rows[f.STARTED].get(key),

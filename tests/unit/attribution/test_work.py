@@ -1,3 +1,5 @@
+import pytest
+
 from exporter.attribution.readings import EngineSample
 from exporter.attribution.work import WorkMeter
 
@@ -86,3 +88,18 @@ def test_two_models_stay_apart():
     meter.update([sample(model="a"), sample(model="b")])
     w = meter.update([sample(model="a", generation_tokens=5), sample(model="b", generation_tokens=9)])
     assert w.by_model["a"].output == 5 and w.by_model["b"].output == 9
+
+
+def test_the_plugins_summed_kv_use_gives_the_context_read_step_by_step():
+    meter = WorkMeter()
+
+    def sample(usage_steps, steps):
+        return EngineSample(
+            "m", "0", prompt_tokens=0.0, generation_tokens=steps, steps=steps, kv_usage_steps=usage_steps,
+            kv_cache_usage=0.9, kv_cache_capacity_tokens=1000.0,
+        )  # fmt: skip
+
+    meter.update([sample(0.0, 0.0)])
+    work = meter.update([sample(3.0, 10.0)]).by_model["m"]
+    # Not steps x the usage at the ends (10 x 0.9 x 1000): the steps' own use, summed.
+    assert work.kv_context == pytest.approx(3000.0)

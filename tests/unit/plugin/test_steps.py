@@ -41,6 +41,7 @@ def test_a_mixed_step_is_a_prefill_step_and_its_tokens_count_when_scheduled():
     assert (c.input, c.cached_input, c.output, c.preemptions) == (350, 50, 8, 1)
     assert c.busy_seconds == pytest.approx(0.025)
     assert (c.running, c.waiting, c.kv_usage) == (3, 0, 0.25)
+    assert c.kv_usage_steps == pytest.approx(0.75)  # each step's own use, summed: x capacity = context read
     assert counter.details_seen and not counter.missing
 
 
