@@ -3,9 +3,11 @@ counts and the latest energy readings. Pure: the thread hands it everything it n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from exporter.attribution.counters import CounterTracker
 from exporter.attribution.readings import GpuReading
 from exporter.plugin.steps import FIELDS, ITERATION_DETAILS, EngineCounts
 from exporter.sources import plugin_families as f
@@ -15,22 +17,21 @@ Table = dict[f.PluginFamily, dict[tuple[str, ...], float]]
 
 @dataclass(slots=True)
 class EnergyTotals:
-    """Each GPU's energy since the plugin first read it, carried across counter restarts."""
+    """Each GPU's energy since the plugin first read it, carried across counter restarts (the
+    core's rule: a counter that went down restarted, and its new value is the increase)."""
 
     joules: dict[str, float] = field(default_factory=dict)  # by UUID
-    _last: dict[str, float] = field(default_factory=dict)
+    _counters: CounterTracker = field(default_factory=CounterTracker)
 
     def update(self, readings: Sequence[GpuReading]) -> None:
         for gpu in readings:
             value = gpu.energy_joules
-            if value is None or not value >= 0 or value == float("inf"):
+            if value is None or not 0 <= value < math.inf:
                 continue
-            last = self._last.get(gpu.uuid)
-            self._last[gpu.uuid] = value
             total = self.joules.setdefault(gpu.uuid, 0.0)
-            if last is not None:
-                # A counter that went down restarted (driver reload): its new value is the increase.
-                self.joules[gpu.uuid] = total + (value - last if value >= last else value)
+            increase = self._counters.increase(gpu.uuid, value)
+            if increase is not None:
+                self.joules[gpu.uuid] = total + increase.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -193,3 +193,13 @@ def test_a_missing_shared_directory_still_publishes_the_work_and_the_energy(tmp_
     assert reading is not None and reading.engines[0].generation_tokens == 3
     assert reading.gpus is not None  # measured anyway: never counting a GPU is worse than maybe twice
     assert runtime.errors["snapshot"] >= 1
+
+
+def test_energy_totals_carry_a_driver_reload_and_skip_unusable_values():
+    from exporter.attribution.readings import GpuReading
+    from exporter.plugin.state import EnergyTotals
+
+    totals = EnergyTotals()
+    for joules in (100.0, 150.0, None, float("inf"), -1.0, 20.0, 30.0):  # the driver reloaded at 20 J
+        totals.update([GpuReading(0, "GPU-a", "H100", joules, None, "counter")])
+    assert totals.joules == {"GPU-a": 50.0 + 20.0 + 10.0}
