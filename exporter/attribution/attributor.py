@@ -203,7 +203,8 @@ class Attributor:
             else:
                 value = e.output
                 if totals.output > 0:
-                    value += (e.step * totals.steps + e.kv * totals.kv_context) / totals.output
+                    work = e.output * totals.decode_tokens + e.step * totals.steps + e.kv * totals.kv_context
+                    value = work / totals.output
                 output = (value, value * rel)
             result[(model, INPUT)] = (e.input, sd.input)
             result[(model, CACHED_INPUT)] = (e.cached_input, sd.cached_input)

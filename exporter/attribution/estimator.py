@@ -1,7 +1,9 @@
 """Online marginal costs: energy above idle y ≈ a·P + b·G + c·S + d·K + m·M, fitted by a Bayesian
 recursive least squares (Kalman) filter that starts at, and is pulled back towards, the
-roofline prior. M counts the steps that carried prefill and m is what such a step draws beyond
-its parts' own costs (the mixed-step interaction, 0 in the prior, of either sign).
+roofline prior. P counts prompt tokens computed, G decode tokens (the plugin's scheduled count;
+vLLM's generated tokens without it), S steps, K context tokens read. M counts the steps that
+carried prefill and m is what such a step draws beyond its parts' own costs (the mixed-step
+interaction, 0 in the prior, of either sign).
 
 - Work is summed over windows of at least `window_seconds` before an update: vLLM credits a
   prompt when its first token appears, so short intervals pair energy with the wrong tokens.
@@ -54,7 +56,7 @@ class EstimatorSettings:
 
 
 def _features(work: Work) -> list[float]:
-    return [work.input, work.output, work.steps, work.kv_context, work.prefill_steps]
+    return [work.input, work.decode_tokens, work.steps, work.kv_context, work.prefill_steps]
 
 
 class MarginalCostEstimator:
@@ -123,7 +125,7 @@ class MarginalCostEstimator:
         if work.output <= 0:
             c = self.coefficients
             return c.output, self.stddevs.output
-        g = [0.0, work.output, work.steps, work.kv_context, 0.5 * work.prefill_steps]
+        g = [0.0, work.decode_tokens, work.steps, work.kv_context, 0.5 * work.prefill_steps]
         return self._linear(g, 1.0 / work.output)
 
     @property

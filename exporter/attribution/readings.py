@@ -40,6 +40,7 @@ class EngineSample:
     # Prompt tokens counted when the scheduler ran them (the plugin, with iteration details), not
     # at first token: the prefill work lands in the interval whose energy paid for it.
     scheduled_prompt_tokens: float | None = None
+    scheduled_decode_tokens: float | None = None  # decode tokens as the scheduler ran them (the plugin)
     prefill_steps: float | None = None  # steps that carried prefill (the plugin, with iteration details)
     kv_usage_steps: float | None = None  # KV use summed over steps (the plugin): x capacity = context read
     steps: float | None = None  # iteration_tokens_total_count

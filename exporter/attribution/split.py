@@ -52,7 +52,7 @@ def driver_amounts(work: Work, cls: TokenClass, step_on_output: bool) -> tuple[f
         return (work.input, 0.0, work.steps * step_share, 0.0, half_interaction)
     if cls == OUTPUT:
         step_share = work.output / tokens if not step_on_output and tokens > 0 else 1.0
-        return (0.0, work.output, work.steps * step_share, work.kv_context, half_interaction)
+        return (0.0, work.decode_tokens, work.steps * step_share, work.kv_context, half_interaction)
     return (0.0, 0.0, 0.0, 0.0, 0.0)
 
 

@@ -18,8 +18,19 @@ class Work:
     steps: float = 0.0  # engine iterations
     kv_context: float = 0.0  # context tokens whose KV the steps read (S x mean usage x capacity)
     prefill_steps: float = 0.0  # steps that carried prefill (the plugin's count; 0 when unknown)
+    # Decode tokens computed (the plugin's scheduled count). vLLM's generated tokens include each
+    # request's first token, which its last prefill chunk produced without a decode of its own:
+    # as the cost driver of output they would carry part of the prefill. None: as `output`.
+    decode: float | None = None
+
+    @property
+    def decode_tokens(self) -> float:
+        """The output driver: decode tokens computed where the plugin counted them, else generated."""
+        return self.output if self.decode is None else self.decode
 
     def add(self, other: Work) -> None:
+        if self.decode is not None or other.decode is not None:
+            self.decode = self.decode_tokens + other.decode_tokens
         self.input += other.input
         self.cached_input += other.cached_input
         self.output += other.output
@@ -49,6 +60,7 @@ _COUNTERS = (
     "cached_prompt_tokens",
     "computed_prompt_tokens",
     "scheduled_prompt_tokens",
+    "scheduled_decode_tokens",
     "steps",
     "prefill_steps",
     "kv_usage_steps",
@@ -120,4 +132,5 @@ def _classify(inc: dict[str, float]) -> Work:
         output=inc.get("generation_tokens", 0.0),
         steps=inc.get("steps", 0.0),
         prefill_steps=inc.get("prefill_steps", 0.0),
+        decode=inc.get("scheduled_decode_tokens"),
     )

@@ -76,6 +76,7 @@ def _engines(rows: Rows, suffix: str) -> tuple[EngineSample, ...]:
                 cached_prompt_tokens=cached,
                 computed_prompt_tokens=computed,
                 scheduled_prompt_tokens=rows[f.SCHEDULED_TOKENS].get((*key, "prefill")) if details else None,
+                scheduled_decode_tokens=rows[f.SCHEDULED_TOKENS].get((*key, "decode")) if details else None,
                 prefill_steps=prefill_steps if details else None,
                 kv_usage_steps=rows[f.KV_USAGE_STEPS].get(key) if details else None,
                 steps=None if prefill_steps is None or decode_steps is None else prefill_steps + decode_steps,

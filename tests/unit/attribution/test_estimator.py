@@ -164,3 +164,22 @@ def test_exact_work_closes_short_windows():
     w = Work(input=1000.0, output=500.0, steps=50.0, kv_context=5e5)
     assert est.observe(energy(TRUE, w), 5.0, w, exact=True)
     assert not est.observe(energy(TRUE, w), 5.0, w, exact=False)
+
+
+def test_decode_tokens_not_generated_tokens_drive_the_output_cost():
+    # Each request's first token comes from its last prefill chunk: with the plugin's decode count
+    # the fit is not misled by the tokens that no decode computed.
+    est = MarginalCostEstimator(PRIOR, EstimatorSettings(exact_window_seconds=5.0))
+    rng = random.Random(11)
+    for _ in range(2000):
+        w = mixed_window(rng)
+        decode = w.output
+        w.output, w.decode = decode + rng.uniform(0, 0.5) * decode, decode  # + first tokens
+        y = TRUE.input * w.input + TRUE.output * decode + TRUE.step * w.steps + TRUE.kv * w.kv_context
+        est.observe(y * (1 + rng.gauss(0, 0.01)), 5.0, w, exact=True)
+    assert est.coefficients.output == pytest.approx(TRUE.output, rel=0.10)
+    # Per generated token, the decode cost is spread over every token the user got.
+    w = Work(input=0.0, output=200.0, steps=10.0, kv_context=0.0, decode=150.0)
+    value, _ = est.output_per_token(w)
+    c = est.coefficients
+    assert value == pytest.approx((c.output * 150.0 + c.step * 10.0) / 200.0)

@@ -1,7 +1,7 @@
 import pytest
 
 from exporter.attribution.readings import EngineSample
-from exporter.attribution.work import WorkMeter
+from exporter.attribution.work import Work, WorkMeter
 
 
 def sample(model="m", engine="0", **kw):
@@ -103,3 +103,13 @@ def test_the_plugins_summed_kv_use_gives_the_context_read_step_by_step():
     work = meter.update([sample(3.0, 10.0)]).by_model["m"]
     # Not steps x the usage at the ends (10 x 0.9 x 1000): the steps' own use, summed.
     assert work.kv_context == pytest.approx(3000.0)
+
+
+def test_the_plugins_decode_count_is_the_output_driver_and_adds_up():
+    meter = WorkMeter()
+    meter.update([sample(generation_tokens=0.0, scheduled_decode_tokens=0.0)])
+    work = meter.update([sample(generation_tokens=12.0, scheduled_decode_tokens=9.0)]).by_model["m"]
+    assert (work.output, work.decode_tokens) == (12.0, 9.0)  # 3 first tokens came from prefill
+    work.add(Work(output=5.0))  # a piece without the plugin's count: its generated tokens
+    assert (work.output, work.decode_tokens) == (17.0, 14.0)
+    assert Work(output=4.0).decode_tokens == 4.0

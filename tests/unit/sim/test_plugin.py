@@ -64,6 +64,7 @@ def test_the_plugin_page_parses_with_the_exporters_parser_and_names_the_simulate
     assert engine.computed_prompt_tokens == vllm.computed_tokens
     assert engine.cached_prompt_tokens == vllm.cached_tokens
     assert engine.scheduled_prompt_tokens == counts.scheduled_prefill
+    assert engine.scheduled_decode_tokens == counts.scheduled_decode
     assert engine.steps == counts.prefill_steps + counts.decode_steps
     assert engine.preemptions == vllm.preemptions
     assert engine.created == vllm.created == sim.epoch

@@ -78,6 +78,7 @@ def test_the_plugins_families_on_vllms_page_are_preferred_with_its_energy():
     (engine,) = snapshot.engines
     assert (engine.generation_tokens, engine.scheduled_prompt_tokens, engine.computed_prompt_tokens) == (5, 30, 30)
     assert engine.prefill_steps == 1  # the mixed-step interaction's driver
+    assert engine.scheduled_decode_tokens == 5  # the output cost's driver
     energy = PluginEnergy(work, fallback=None).read()
     assert (energy.origin, energy.modelled, energy.timestamp) == ("plugin", False, 50.0)
     assert [g.energy_joules for g in energy.gpus] == [42.0]
@@ -118,6 +119,7 @@ def test_without_iteration_details_prompts_count_at_first_token():
     snapshot = reader(Pages(plugin_text(details_on=False))).read()
     (engine,) = snapshot.engines
     assert engine.scheduled_prompt_tokens is None and engine.computed_prompt_tokens == 30
+    assert engine.scheduled_decode_tokens is None
     assert engine.prefill_steps is None  # without details a "prefill step" is only a finished prompt
     assert "scheduler_stats.iteration_details" in snapshot.missing_families
 
