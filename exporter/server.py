@@ -1,27 +1,98 @@
 """HTTP: /metrics for Prometheus, /healthz (the process serves), /readyz (both sources have
-answered once), and a landing page.
+answered once, and recently when a staleness bound is set), and a landing page.
 
 The ledger changes once per tick, so the exposition is formatted on the first scrape after a
 change and reused by the scrapes that follow (at most `max_age` seconds, for the process
 self-metrics); many concurrent scrapers then cost a dictionary lookup each, not a render.
 Keep-alive HTTP/1.1, as Prometheus scrapes, TCP_NODELAY, and a deep accept backlog so that a
-burst of scrapers is not answered by SYN retransmits."""
+burst of scrapers is not answered by SYN retransmits.
+
+The server faces whatever can reach its port, so it is strict and bounded: a request head must
+arrive within `head_timeout`, an idle keep-alive connection is closed after `idle_timeout`, the
+open connections are capped below the file-descriptor limit (the oldest idle one makes room for
+a new one), heads and bodies are size-limited, anything that is not a well-formed HTTP/1.x
+request is answered 400 and closed, no byte of a request is ever written back, and the cache
+holds only the few exposition formats prometheus_client writes. Trouble is counted (`counts`),
+never logged per connection."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import html
+import re
+import resource
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
 from exporter.ledger import Ledger
+
+# The exposition formats served, as the Accept values prometheus_client's choose_encoder maps to
+# them. A request's Accept is reduced to one of these before anything else reads it, so a cache
+# keyed on the format holds at most len(FORMATS) x 2 (gzip or not) entries, and the Content-Type
+# written back is always one of prometheus_client's constants, never the client's bytes.
+TEXT_0_0_4, TEXT_1_0_0, OPENMETRICS_1_0_0 = 0, 1, 2
+FORMATS = (
+    "",
+    "text/plain; version=1.0.0; escaping=underscores",
+    "application/openmetrics-text; version=1.0.0; escaping=underscores",
+)
+_VERSION = re.compile(r"\d{1,9}(\.\d{1,9}){0,3}")
+
+
+def _params(media_range: str) -> tuple[str, dict[str, str]]:
+    kind, *rest = media_range.split(";")
+    params = {}
+    for item in rest:
+        name, _, value = item.partition("=")
+        params[name.strip().lower()] = value.strip().strip('"')
+    return kind.strip().lower(), params
+
+
+def _version(params: Mapping[str, str]) -> tuple[int, ...] | None:
+    """The version parameter as numbers; None when absent or not a version (never an error)."""
+    value = params.get("version", "")
+    return tuple(int(p) for p in value.split(".")) if _VERSION.fullmatch(value) else None
+
+
+def _quality(params: Mapping[str, str]) -> float:
+    try:
+        return float(params.get("q", "1"))
+    except ValueError:
+        return 0.0  # an unreadable weight is no acceptance
+
+
+def metrics_format(accept: str) -> int:
+    """The index in FORMATS answering `accept`: the first acceptable OpenMetrics (version 1.x or
+    none) or text (version >= 1) range, in the header's order as prometheus_client picks; text
+    0.0.4 otherwise. Ranges with q=0 or an unreadable version are skipped."""
+    for media_range in accept.split(",")[:32]:  # a scraper lists a handful; the rest is noise
+        kind, params = _params(media_range)
+        if _quality(params) <= 0:
+            continue
+        version = _version(params)
+        if kind == "application/openmetrics-text" and ("version" not in params or (version or (0,)) >= (1,)):
+            return OPENMETRICS_1_0_0
+        if kind == "text/plain" and version is not None and version >= (1,):
+            return TEXT_1_0_0
+    return TEXT_0_0_4
+
+
+def wants_gzip(accept_encoding: str) -> bool:
+    """gzip only when the client gave it (or `*`, when gzip is not named) a weight above 0."""
+    weights: dict[str, float] = {}
+    for item in accept_encoding.split(",")[:32]:
+        coding, params = _params(item)
+        weights.setdefault(coding, _quality(params))
+    return weights.get("gzip", weights.get("x-gzip", weights.get("*", 0.0))) > 0
 
 
 class MetricsCache:
@@ -37,18 +108,22 @@ class MetricsCache:
         self._max_age = max_age
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: dict[tuple[str, bool], tuple[tuple[int, int], bytes]] = {}
+        self._entries: dict[tuple[int, bool], tuple[tuple[int, int], bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def render(self, accept: str, accept_encoding: str) -> tuple[bytes, str, bool]:
-        encoder, content_type = choose_encoder(accept)
-        compressed = "gzip" in accept_encoding
+        fmt = metrics_format(accept)
+        encoder, content_type = choose_encoder(FORMATS[fmt])
+        compressed = wants_gzip(accept_encoding)
         key = (self._ledger.version, int(self._clock() / self._max_age))
         with self._lock:  # one render per change, however many scrapers arrive at once
-            entry = self._entries.get((content_type, compressed))
+            entry = self._entries.get((fmt, compressed))
             if entry is None or entry[0] != key:
                 body = encoder(self._registry)
                 entry = (key, gzip.compress(body, compresslevel=1) if compressed else body)
-                self._entries[(content_type, compressed)] = entry
+                self._entries[(fmt, compressed)] = entry
         return entry[1], content_type, compressed
 
 
@@ -67,15 +142,30 @@ in joules, money and CO2 (energy source setting: {html.escape(energy_source)}).<
 
 
 class Routes:
-    """What each path answers; the HTTP plumbing below only moves bytes."""
+    """What each path answers; the HTTP plumbing below only moves bytes.
 
-    def __init__(self, cache: MetricsCache, ledger: Ledger, vllm_url: str, energy_source: str) -> None:
+    `stale_after_seconds`: when set, /readyz also answers 503 once the last completed tick
+    (the ledger view's `last_tick_unixtime`, by `clock`) is older than that: a loop that has
+    stopped ticking should not keep the pod ready."""
+
+    def __init__(
+        self,
+        cache: MetricsCache,
+        ledger: Ledger,
+        vllm_url: str,
+        energy_source: str,
+        *,
+        stale_after_seconds: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._cache = cache
         self._ledger = ledger
         self._vllm_url = vllm_url
         self._energy_source = energy_source
+        self._stale_after = stale_after_seconds
+        self._clock = clock
 
-    def answer(self, path: str, headers: dict[str, str]) -> tuple[int, str, bytes, bool]:
+    def answer(self, path: str, headers: Mapping[str, str]) -> tuple[int, str, bytes, bool]:
         path = path.split("?", 1)[0]
         if path == "/metrics":
             body, content_type, compressed = self._cache.render(
@@ -85,38 +175,154 @@ class Routes:
         if path == "/healthz":
             return 200, _TEXT, b"ok\n", False
         if path == "/readyz":
-            if self._ledger.ready:
-                return 200, _TEXT, b"ready\n", False
-            return 503, _TEXT, b"waiting for the first tick in which vLLM and the energy source both answered\n", False
+            return self._readiness()
         if path == "/":
             view = self._ledger.view()
             page = _landing(self._vllm_url, self._energy_source, view.origins, view.energy_modelled)
             return 200, "text/html; charset=utf-8", page, False
         return 404, _TEXT, b"not found\n", False
 
+    def _readiness(self) -> tuple[int, str, bytes, bool]:
+        view = self._ledger.view()
+        if not view.ready:
+            return 503, _TEXT, b"waiting for the first tick in which vLLM and the energy source both answered\n", False
+        age = self._clock() - view.last_tick_unixtime
+        if self._stale_after is not None and age > self._stale_after:
+            return 503, _TEXT, f"the last completed tick is {age:.0f} s old\n".encode(), False
+        return 200, _TEXT, b"ready\n", False
+
 
 _TEXT = "text/plain; charset=utf-8"
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
-_MAX_HEAD = 16 * 1024
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+MAX_HEAD = 16 * 1024  # a scrape's head is a few hundred bytes
+MAX_HEADERS = 64
+MAX_BODY = 16 * 1024  # read and thrown away; a scraper sends none
+_REQUEST_LINE = re.compile(rb"([A-Z]{1,16}) (/[\x21-\x7e]*|\*) HTTP/1\.([0-9])\r\n")
+_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*\r\n")
+
+
+def max_connections_for(nofile: int) -> int:
+    """Connections to hold under a soft RLIMIT_NOFILE of `nofile`: at most half of what is left
+    after a reserve for the rest of the process, and never more than 1024 (each costs a task)."""
+    reserve = max(64, nofile // 4)
+    return max(8, min(1024, (nofile - reserve) // 2))
+
+
+def _default_max_connections() -> int:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max_connections_for(1 << 20 if soft == resource.RLIM_INFINITY else soft)
+
+
+class BadRequest(Exception):
+    """A request answered with `status` and a closed connection."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: str
+    minor: int  # HTTP/1.<minor>
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def close(self) -> bool:
+        connection = self.headers.get("connection", "").lower()
+        return connection == "close" or (self.minor == 0 and connection != "keep-alive")
+
+
+def parse_request_line(line: bytes) -> Request:
+    """A request line ending in CRLF, strictly; HTTP/0.9 and bare-LF lines are BadRequest."""
+    match = _REQUEST_LINE.fullmatch(line)
+    if match is None:
+        raise BadRequest(400, "request_line")
+    method, target, minor = match.groups()
+    return Request(method.decode(), target.decode("ascii"), int(minor))
+
+
+def add_header(request: Request, line: bytes) -> None:
+    """One `name: value` line into the request; repeated body framing is BadRequest (smuggling)."""
+    match = _HEADER_LINE.fullmatch(line)
+    if match is None:
+        raise BadRequest(400, "header_line")
+    name = match.group(1).decode("ascii").lower()
+    value = match.group(2).decode("latin-1")
+    if name in request.headers:
+        if name in ("content-length", "transfer-encoding", "host"):
+            raise BadRequest(400, "duplicate_framing")
+        value = request.headers[name] + ", " + value
+    request.headers[name] = value
+
+
+def body_length(request: Request) -> int:
+    """The bytes of body to read and discard; Transfer-Encoding is not read (the caller closes)."""
+    value = request.headers.get("content-length")
+    if value is None:
+        return 0
+    if not value.isdigit() or len(value) > 12:
+        raise BadRequest(400, "content_length")
+    if int(value) > MAX_BODY:
+        raise BadRequest(413, "body_too_large")
+    return int(value)
+
+
+# What `HttpServer.counts` counts: trouble is counted here, never logged per connection, so a
+# hostile client cannot grow the log.
+COUNTS = ("connections", "evicted", "refused", "timeouts", "bad_requests", "internal_errors", "loop_errors")
+
+
+@dataclass(slots=True, eq=False)
+class _Connection:
+    writer: asyncio.StreamWriter
+    waiting_since: float | None  # loop time since it waits for a request; None while answering
+    served: bool = False  # has completed a request: a scraper's keep-alive is evicted last
+
+    def eviction_order(self) -> tuple[bool, float]:
+        return self.served, self.waiting_since or 0.0
 
 
 class HttpServer:
     """A small asyncio HTTP/1.1 server on its own thread. One event loop serves every scraper in
-    turn, so concurrent scrapes never fight each other for the GIL; keep-alive as Prometheus uses it."""
+    turn, so concurrent scrapes never fight each other for the GIL; keep-alive as Prometheus uses it.
 
-    def __init__(self, host: str, port: int, routes: Routes) -> None:
+    `head_timeout`: seconds for a request's head (and body) from its first byte, or from the
+    connection's start; `idle_timeout`: seconds a keep-alive connection may wait for its next
+    request; `max_connections`: the cap (default from RLIMIT_NOFILE, `max_connections_for`)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        routes: Routes,
+        *,
+        head_timeout: float = 10.0,
+        idle_timeout: float = 120.0,
+        max_connections: int | None = None,
+    ) -> None:
         self._routes = routes
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self._sock.bind((host, port))
-            self._sock.listen(512)
-        except OSError:
-            self._sock.close()
-            raise
-        self._sock.setblocking(False)
+        self._head_timeout = head_timeout
+        self._idle_timeout = idle_timeout
+        self.max_connections = max_connections or _default_max_connections()
+        self._open: set[_Connection] = set()  # touched on the loop's thread only
+        self._counts = dict.fromkeys(COUNTS, 0)
+        self._sock = _listening_socket(host, port)
         self._loop = asyncio.new_event_loop()
+        # asyncio would log each failed accept or lost write; a flood of them is counted instead.
+        self._loop.set_exception_handler(lambda _loop, _context: self._count("loop_errors"))
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
         self._started = threading.Event()
         self._server: asyncio.base_events.Server | None = None
@@ -125,15 +331,26 @@ class HttpServer:
     def port(self) -> int:
         return int(self._sock.getsockname()[1])
 
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
     def start(self) -> None:
         self._thread.start()
         self._started.wait(10)
+
+    def _count(self, what: str) -> None:
+        self._counts[what] += 1
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
 
         async def main() -> None:
-            self._server = await asyncio.start_server(self._connection, sock=self._sock, limit=_MAX_HEAD)
+            self._server = await asyncio.start_server(self._connection, sock=self._sock, limit=MAX_HEAD)
             self._started.set()
             await self._server.serve_forever()
 
@@ -145,46 +362,94 @@ class HttpServer:
             self._loop.close()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _Connection(writer, asyncio.get_running_loop().time())
+        if not self._admit(conn):
+            writer.transport.abort()  # refused at once: no descriptor is held for it
+            return
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                parts = lines[0].split(" ")
-                headers = {}
-                for line in lines[1:]:
-                    name, sep, value = line.partition(":")
-                    if sep:
-                        headers[name.strip().lower()] = value.strip()
-                if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-                    writer.write(_response(400, _TEXT, b"bad request\n", False, close=True))
-                    return
-                method, target, version = parts
-                close = headers.get("connection", "").lower() == "close" or (
-                    version == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive"
-                )
-                if method not in ("GET", "HEAD"):
-                    writer.write(_response(405, _TEXT, b"method not allowed\n", False, close))
-                else:
-                    try:
-                        status, content_type, body, gzipped = self._routes.answer(target, headers)
-                    except Exception:  # a rendering bug must not take the server down
-                        status, content_type, body, gzipped = 500, _TEXT, b"internal error\n", False
-                    writer.write(
-                        _response(
-                            status, content_type, b"" if method == "HEAD" else body, gzipped, close, length=len(body)
-                        )
-                    )
-                await writer.drain()
-                if close:
-                    return
+            await self._requests(conn, reader)
+        except BadRequest as err:
+            self._count("bad_requests")
+            await self._send_last(conn, _response(err.status, _TEXT, f"{err.reason}\n".encode(), False, close=True))
+        except TimeoutError:
+            self._count("timeouts")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client went, or was evicted
         finally:
+            self._open.discard(conn)
             writer.close()
+
+    def _admit(self, conn: _Connection) -> bool:
+        """Room for `conn` under the cap, made by aborting the connection that has waited longest
+        (one that never completed a request first); False when every one is being answered."""
+        self._count("connections")
+        if len(self._open) >= self.max_connections:
+            waiting = [c for c in self._open if c.waiting_since is not None]
+            if not waiting:
+                self._count("refused")
+                return False
+            victim = min(waiting, key=_Connection.eviction_order)
+            self._open.discard(victim)
+            victim.writer.transport.abort()
+            self._count("evicted")
+        self._open.add(conn)
+        return True
+
+    async def _requests(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._head_timeout
+        while True:
+            request = await self._read_request(reader, deadline, fresh=not conn.served)
+            conn.waiting_since = None
+            # A Transfer-Encoding body is never read, so nothing after it can be trusted as a request.
+            close = request.close or "transfer-encoding" in request.headers
+            await self._send(conn, self._answer(request, close))
+            if close:
+                return
+            conn.served = True
+            conn.waiting_since = loop.time()
+            deadline = conn.waiting_since + self._idle_timeout
+
+    async def _read_request(self, reader: asyncio.StreamReader, first_byte_by: float, fresh: bool) -> Request:
+        """The next request's head, its small body read and discarded; the head must be whole
+        by `first_byte_by` on a fresh connection, else within head_timeout of its first byte."""
+        async with asyncio.timeout_at(first_byte_by):
+            first = await reader.readexactly(1)
+        head_by = first_byte_by if fresh else asyncio.get_running_loop().time() + self._head_timeout
+        async with asyncio.timeout_at(head_by):
+            line = first if first == b"\n" else first + await _line(reader)
+            request = parse_request_line(line)
+            await _read_headers(reader, request, len(line))
+            length = body_length(request)
+            if length:
+                await reader.readexactly(length)
+        return request
+
+    def _answer(self, request: Request, close: bool) -> bytes:
+        if request.method not in ("GET", "HEAD"):
+            return _response(405, _TEXT, b"method not allowed\n", False, close)
+        try:
+            status, content_type, body, gzipped = self._routes.answer(request.target, request.headers)
+        except Exception:  # a rendering bug must not take the server down
+            self._count("internal_errors")
+            status, content_type, body, gzipped = 500, _TEXT, b"internal error\n", False
+        return _response(
+            status, content_type, b"" if request.method == "HEAD" else body, gzipped, close, length=len(body)
+        )
+
+    async def _send(self, conn: _Connection, data: bytes) -> None:
+        if conn.writer.is_closing():  # evicted while its answer was being made
+            raise ConnectionResetError
+        conn.writer.write(data)
+        async with asyncio.timeout(self._head_timeout):  # a client that does not read is dropped
+            await conn.writer.drain()
+
+    async def _send_last(self, conn: _Connection, data: bytes) -> None:
+        with contextlib.suppress(TimeoutError, ConnectionError):  # it is closed next either way
+            await self._send(conn, data)
 
     def stop(self) -> None:
         def shutdown() -> None:
@@ -197,6 +462,39 @@ class HttpServer:
             self._loop.call_soon_threadsafe(shutdown)
             self._thread.join(5)
         self._sock.close()
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(512)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+async def _line(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.readuntil(b"\n")
+    except asyncio.LimitOverrunError:
+        raise BadRequest(431, "head_too_large") from None
+
+
+async def _read_headers(reader: asyncio.StreamReader, request: Request, size: int) -> None:
+    for _ in range(MAX_HEADERS + 1):
+        line = await _line(reader)
+        if line == b"\r\n":
+            return
+        size += len(line)
+        if size > MAX_HEAD:
+            raise BadRequest(431, "head_too_large")
+        add_header(request, line)
+    raise BadRequest(431, "too_many_headers")
 
 
 def _response(

@@ -81,3 +81,20 @@ def test_busy_port_raises_oserror():
         holder.listen()
         with pytest.raises(OSError):
             HttpServer("127.0.0.1", holder.getsockname()[1], None)
+
+
+def test_readyz_turns_503_when_the_loop_stops_ticking():
+    ledger = Ledger()
+    ledger.publish(TickRecord({}, TickResult(), unixtime=1000.0, ready=True))
+    now = [1010.0]
+    cache = MetricsCache(CollectorRegistry(auto_describe=False), ledger)
+    routes = Routes(cache, ledger, "http://127.0.0.1:8000", "nvml", stale_after_seconds=30.0, clock=lambda: now[0])
+    server = HttpServer("127.0.0.1", 0, routes)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/readyz"
+        assert httpx.get(url).status_code == 200
+        now[0] = 1031.0
+        assert httpx.get(url).status_code == 503
+    finally:
+        server.stop()
