@@ -1,17 +1,26 @@
 """Measured GPU energy through NVML: the total-energy counter where the GPU has one, else our own
 trapezoidal integral of sampled power. The `pynvml` module is injected so that tests can pass a
-fake one; nothing here imports it."""
+fake one; nothing here imports it.
+
+An NVML call can hang (a GPU falling off the bus, a driver in recovery) and Python cannot
+interrupt it. So each read runs on one long-lived worker thread and the caller waits at most
+`read_timeout`: a read that misses it fails as SourceError("timeout"), and while that call is
+still stuck every later read is refused at once (SourceError("nvml_hung")) instead of queueing
+behind it. When the call returns, the next read goes through again. The thread is a daemon, so a
+call that never returns cannot keep the process from exiting."""
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from exporter.attribution.readings import EnergySnapshot, GpuIdentity, GpuReading
+from exporter.sources.errors import SourceError
 
 COUNTER = "counter"
 POWER_INTEGRATION = "power_integration"
@@ -60,6 +69,73 @@ def _text(value: str | bytes) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+R = TypeVar("R")
+
+
+class _Call(Generic[R]):
+    __slots__ = ("done", "error", "fn", "result", "started")
+
+    def __init__(self, fn: Callable[[], R]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: R | None = None
+        self.error: BaseException | None = None
+        self.started = time.monotonic()
+
+
+class AbandonableCalls:
+    """Runs calls on one long-lived daemon thread; the caller waits at most a deadline. One call
+    at a time: a caller that finds the previous call still stuck is refused at once."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._calls: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stuck: _Call[Any] | None = None
+        self._one_at_a_time = threading.Lock()
+
+    @property
+    def stuck_seconds(self) -> float | None:
+        """How long the call that missed its deadline has been running; None when none is stuck."""
+        stuck = self._stuck
+        if stuck is None or stuck.done.is_set():
+            return None
+        return time.monotonic() - stuck.started
+
+    def call(self, fn: Callable[[], R], timeout: float) -> R:
+        with self._one_at_a_time:
+            stuck = self.stuck_seconds
+            if stuck is not None:
+                raise SourceError(
+                    "nvml_hung", f"an NVML call has not returned for {stuck:.1f} s; refused until it does"
+                )
+            self._stuck = None
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+                self._thread.start()
+            job = _Call(fn)
+            self._calls.put(job)
+            if not job.done.wait(timeout):
+                self._stuck = job
+                raise SourceError("timeout", f"NVML did not answer within {timeout:g} s")
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
+
+    def _serve(self) -> None:
+        while (job := self._calls.get()) is not None:
+            try:
+                job.result = job.fn()
+            except BaseException as err:  # handed to the caller, who decides
+                job.error = err
+            job.done.set()
+
+    def close(self) -> None:
+        """Lets the thread end once it is free; never waits for it."""
+        if self._thread is not None:
+            self._calls.put(None)
+
+
 class _Gpu:
     __slots__ = ("handle", "index", "method", "name", "stale", "uuid")
 
@@ -76,9 +152,10 @@ class _PowerIntegral:
     """Cumulative joules from sampled power. Gaps where sampling failed are bridged by the same
     trapezoid, because counting them as zero would always under-report."""
 
-    __slots__ = ("error", "joules", "last_t", "last_w", "samples")
+    __slots__ = ("attempted_at", "error", "joules", "last_t", "last_w", "samples")
 
     def __init__(self) -> None:
+        self.attempted_at = time.monotonic()  # the end of the latest sample, taken or failed
         self.joules = 0.0
         self.last_t: float | None = None
         self.last_w: float | None = None
@@ -101,13 +178,19 @@ class NvmlEnergySource:
         power_sample_hz: float = 20.0,
         clock: Callable[[], float] = time.monotonic,
         start_sampler: bool = True,
+        read_timeout: float = 1.0,
     ) -> None:
         """`selection`: NVML indices ("0") or "GPU-..." UUIDs; None means every GPU.
         `start_sampler=False` leaves power sampling to explicit `sample_power_once()` calls,
-        so tests can integrate on a fake clock."""
+        so tests can integrate on a fake clock. `read_timeout`: the longest a `read()` waits for
+        NVML (wall-clock seconds); the calls of a healthy driver take milliseconds."""
         if power_sample_hz <= 0:
             raise ValueError("power_sample_hz must be positive")
+        if read_timeout <= 0:
+            raise ValueError("read_timeout must be positive")
         self._nvml = nvml
+        self._read_timeout = read_timeout
+        self._calls = AbandonableCalls("nvml-reads")
         self._clock = clock
         self._period = 1.0 / power_sample_hz
         self._lock = threading.Lock()
@@ -233,10 +316,16 @@ class NvmlEnergySource:
             t = self._clock()
             with self._lock:
                 integral = self._integrals[gpu.index]
+                integral.attempted_at = time.monotonic()
                 if watts is None:
                     integral.error = failure
                 else:
                     integral.add(t, watts)
+
+    def _sampler_stuck(self, integral: _PowerIntegral) -> bool:
+        if self._thread is None:
+            return False
+        return time.monotonic() - integral.attempted_at > self._read_timeout + 2 * self._period
 
     def _sample_loop(self) -> None:
         next_at = time.monotonic()
@@ -273,7 +362,14 @@ class NvmlEnergySource:
     def read(self) -> EnergySnapshot:
         """One reading per GPU; a GPU whose read fails carries `error` and None energy, and the
         others are still read. Integrated energy is as of the latest power sample (at most one
-        sampling period old); what is not yet counted appears in the next read, never lost."""
+        sampling period old); what is not yet counted appears in the next read, never lost.
+        Raises SourceError("timeout") when NVML does not answer within `read_timeout`, and
+        SourceError("nvml_hung") while that call is still stuck."""
+        if self._closed:
+            raise SourceError("closed", "the NVML source is closed")
+        return self._calls.call(self._read_all, self._read_timeout)
+
+    def _read_all(self) -> EnergySnapshot:
         timestamp = self._clock()
         return EnergySnapshot(timestamp=timestamp, gpus=tuple(self._read_gpu(g) for g in self._gpus), modelled=False)
 
@@ -298,6 +394,10 @@ class NvmlEnergySource:
                 if error is None and integral.error is not None:
                     error = integral.error
                     gpu.stale = True  # the sampler shares the handle and picks up the new one
+                if error is None and self._sampler_stuck(integral):
+                    # The sampler's own NVML call hangs: the integral stands still, which would
+                    # read as an idle GPU. The gap is bridged once a sample comes again.
+                    error = "timeout"
                 if error is None:
                     energy = integral.joules
         if error is None:
@@ -310,13 +410,20 @@ class NvmlEnergySource:
     # -- shutdown ---------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Bounded: waits at most about 2 x read_timeout, and leaves NVML initialised rather than
+        wait for a driver that hangs (the process is usually exiting)."""
         if self._closed:
             return
         self._closed = True
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=max(2.0, 5 * self._period))
-        self._shutdown()
+            self._thread.join(timeout=max(self._read_timeout, 2 * self._period))
+            if self._thread.is_alive():  # stuck in an NVML call: shutting NVML down would wait behind it
+                self._calls.close()
+                return
+        with contextlib.suppress(Exception):  # a stuck read ("nvml_hung") or a timeout: leave it
+            self._calls.call(self._shutdown, self._read_timeout)
+        self._calls.close()
 
     def _shutdown(self) -> None:
         # Shutting down is best-effort; the process may be exiting anyway.
