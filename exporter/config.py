@@ -3,13 +3,17 @@ which beats an optional TOML file, which beats the defaults."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import unicodedata
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
+from annotated_types import Ge, Gt, Le, Lt
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -24,6 +28,16 @@ CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
 # Kubernetes names: a pod's is a DNS subdomain, a namespace's a DNS label.
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+# Upper bounds of the numeric settings, in physical units: generous, but finite, so a typo (a
+# value in mW, an exponent too many) stops start-up instead of reaching the exposition.
+GIB = 1024**3  # byte caps: vLLM's page is a few hundred kB
+MAX_GPU_WATTS = 10_000.0  # one GPU board draws at most ~1.2 kW today
+MAX_PARAMS = 1e13  # active parameters: the largest models have ~1e12
+MAX_TOKEN_JOULES = 10_000.0  # a token costs ~0.01-1 J: 1e4 J is 64 GPUs at 10 kW for 15 ms
+MAX_STEP_JOULES = 1_000_000.0  # one engine step: 64 GPUs at 10 kW for 1.5 s
+MAX_PRICE = 1e7  # per GPU-hour or per kWh, in any currency (1e7 leaves room for VND or IDR)
+YEAR_SECONDS = 365 * 24 * 3600
 
 
 class StaticPowerPolicy(StrEnum):
@@ -47,7 +61,9 @@ class LogFormat(StrEnum):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    # No setting takes inf or nan (TOML and "inf" in a flag would pass a lower bound, then turn the
+    # exposition into NaN); every number also has an upper bound in physical units.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, allow_inf_nan=False)
 
     vllm_url: str = Field("http://127.0.0.1:8000", description="Base URL of the vLLM OpenAI server.")
     vllm_metrics_path: str = Field("/metrics", description="Path of vLLM's Prometheus page.")
@@ -55,7 +71,7 @@ class Settings(BaseSettings):
         None, gt=0, le=60, description="Seconds to wait for vLLM's page; shorter than the interval."
     )
     vllm_max_response_bytes: int = Field(
-        8 * 1024 * 1024, ge=64 * 1024, description="Larger pages are refused and counted as errors."
+        8 * 1024 * 1024, ge=64 * 1024, le=GIB, description="Larger pages are refused and counted as errors."
     )
     listen_address: str = Field("0.0.0.0:9477", description="host:port of our own /metrics.")
     interval: float = Field(5.0, ge=0.1, le=3600, description="Seconds between collection ticks.")
@@ -86,28 +102,34 @@ class Settings(BaseSettings):
         None, description="GPU table entry (H100, H200, A100, L40S, L4, A10G) when NVML cannot name it."
     )
     gpu_count: int | None = Field(None, ge=1, le=64, description="GPUs for the phase model when --gpus is not given.")
-    idle_watts: float | None = Field(None, gt=0, description="Per-GPU idle power; overrides the GPU table.")
-    prefill_watts: float | None = Field(
-        None, gt=0, description="Per-GPU power while prefilling; overrides the GPU table."
+    idle_watts: float | None = Field(
+        None, gt=0, le=MAX_GPU_WATTS, description="Per-GPU idle power; overrides the GPU table."
     )
-    decode_watts: float | None = Field(None, gt=0, description="Per-GPU power while decoding; overrides the GPU table.")
+    prefill_watts: float | None = Field(
+        None, gt=0, le=MAX_GPU_WATTS, description="Per-GPU power while prefilling; overrides the GPU table."
+    )
+    decode_watts: float | None = Field(
+        None, gt=0, le=MAX_GPU_WATTS, description="Per-GPU power while decoding; overrides the GPU table."
+    )
     model_dir: Path | None = Field(None, description="Directory holding the served model's config.json.")
-    model_params: float | None = Field(None, gt=0, description="Active parameters of the model (e.g. 8e9).")
-    bytes_per_param: float | None = Field(None, gt=0, le=8, description="Weight bytes per parameter (1 for FP8).")
+    model_params: float | None = Field(
+        None, ge=1, le=MAX_PARAMS, description="Active parameters of the model (e.g. 8e9)."
+    )
+    bytes_per_param: float | None = Field(None, ge=0.1, le=8, description="Weight bytes per parameter (1 for FP8).")
     input_joules_per_token: float | None = Field(
-        None, ge=0, description="Explicit marginal energy of a computed prompt token."
+        None, ge=0, le=MAX_TOKEN_JOULES, description="Explicit marginal energy of a computed prompt token."
     )
     cached_input_joules_per_token: float | None = Field(
-        None, ge=0, description="Explicit marginal energy of a prefix-cache hit."
+        None, ge=0, le=MAX_TOKEN_JOULES, description="Explicit marginal energy of a prefix-cache hit."
     )
     output_joules_per_token: float | None = Field(
-        None, ge=0, description="Explicit marginal energy of an output token (per-token part)."
+        None, ge=0, le=MAX_TOKEN_JOULES, description="Explicit marginal energy of an output token (per-token part)."
     )
     step_joules: float | None = Field(
-        None, ge=0, description="Explicit marginal energy of one engine step (weight stream)."
+        None, ge=0, le=MAX_STEP_JOULES, description="Explicit marginal energy of one engine step (weight stream)."
     )
     kv_joules_per_token: float | None = Field(
-        None, ge=0, description="Explicit marginal energy of reading one context token's KV."
+        None, ge=0, le=MAX_TOKEN_JOULES, description="Explicit marginal energy of reading one context token's KV."
     )
     compute_efficiency: float = Field(0.5, gt=0, le=1, description="Fraction of peak FLOP/s reached by prefill.")
     bandwidth_efficiency: float = Field(
@@ -121,19 +143,21 @@ class Settings(BaseSettings):
         30.0, ge=1, le=3600, description="Seconds of work gathered before one estimator update."
     )
     prior_reversion_seconds: float = Field(
-        3600.0, ge=60, description="Time constant of the estimator's pull back to the prior."
+        3600.0, ge=60, le=YEAR_SECONDS, description="Time constant of the estimator's pull back to the prior."
     )
     measurement_noise: float = Field(0.05, gt=0, le=1, description="Relative noise of one window's measured energy.")
     identified_ratio: float = Field(
         0.5, gt=0, le=1, description="Posterior/prior uncertainty below which input and output count as identified."
     )
     idle_window: int = Field(120, ge=3, le=100_000, description="Idle intervals in the idle-power median.")
-    idle_min_samples: int = Field(5, ge=1, description="Idle intervals needed before the median replaces the prior.")
+    idle_min_samples: int = Field(
+        5, ge=1, le=100_000, description="Idle intervals needed before the median replaces the prior."
+    )
     prior_relative_stddev: float = Field(0.5, gt=0, le=10, description="Relative uncertainty of the roofline prior.")
-    gpu_hourly_price: float = Field(0.0, ge=0, description="Rental price of one GPU for one hour.")
+    gpu_hourly_price: float = Field(0.0, ge=0, le=MAX_PRICE, description="Rental price of one GPU for one hour.")
     currency: str = Field("USD", description="ISO 4217 code used as the `currency` label.")
     electricity_price_per_kwh: float = Field(
-        0.0, ge=0, description="Electricity price; leave 0 where the rental price already includes power."
+        0.0, ge=0, le=MAX_PRICE, description="Electricity price; leave 0 where the rental price already includes power."
     )
     electricity_with_rental: bool = Field(
         False, description="Count electricity on top of a GPU rental price (most rental prices include power)."
@@ -154,20 +178,14 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         path = os.environ.get(CONFIG_FILE_ENV)
-        if path:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        if path:  # empty counts as unset, as Kubernetes templates often leave it
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file(path)))
         return tuple(sources)
 
     @field_validator("vllm_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        try:
-            _ = parts.port  # raises on a port that is not a number in range
-        except ValueError as err:
-            raise ValueError(f"bad port: {err}") from None
+        check_url(value, base=True)
         return value.rstrip("/")
 
     @field_validator("dcgm_url")
@@ -175,7 +193,7 @@ class Settings(BaseSettings):
     def _dcgm_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        cls._url(value)
+        check_url(value, base=False)
         parts = urlsplit(value)
         return value.rstrip("/") + "/metrics" if parts.path in ("", "/") else value
 
@@ -196,8 +214,16 @@ class Settings(BaseSettings):
     @field_validator("vllm_metrics_path")
     @classmethod
     def _path(cls, value: str) -> str:
+        _no_blank_or_control(value)
         if not value.startswith("/"):
             raise ValueError("must start with /")
+        return value
+
+    @field_validator("plugin_dir", "model_dir")
+    @classmethod
+    def _directory(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            _no_control(str(value))
         return value
 
     @field_validator("listen_address")
@@ -244,6 +270,25 @@ class Settings(BaseSettings):
             )
         if self.model_dir is not None and not (self.model_dir / "config.json").is_file():
             problems.append(("model_dir", f"no config.json in {self.model_dir}"))
+        if self.idle_min_samples > self.idle_window:
+            problems.append(
+                (
+                    "idle_min_samples",
+                    f"must be at most idle_window ({flag_name('idle_window')}, now {self.idle_window}), "
+                    f"the intervals the median keeps; got {self.idle_min_samples}",
+                )
+            )
+        if self.idle_watts is not None:
+            for field in ("prefill_watts", "decode_watts"):
+                watts = getattr(self, field)
+                if watts is not None and watts < self.idle_watts:
+                    problems.append(
+                        (
+                            field,
+                            f"must be at least idle_watts ({flag_name('idle_watts')}, now {self.idle_watts:g} W): "
+                            f"a busy GPU draws more than an idle one; got {watts:g} W",
+                        )
+                    )
         problems.extend(self._dcgm_problems())
         if problems:
             # Raised against the fields themselves, so the message names each setting's flag.
@@ -306,6 +351,51 @@ class Settings(BaseSettings):
         )
 
 
+def _no_control(value: str) -> None:
+    for position, char in enumerate(value):
+        if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
+            raise ValueError(f"must not contain control characters: {char!r} at position {position}")
+
+
+def _no_blank_or_control(value: str) -> None:
+    _no_control(value)
+    for position, char in enumerate(value):
+        if char.isspace():
+            raise ValueError(f"must not contain whitespace: {char!r} at position {position}")
+
+
+def check_url(value: str, *, base: bool) -> None:
+    """An http(s) URL with a host, a valid port and nothing a request would trip on: no
+    whitespace or control characters (urlsplit drops a trailing newline silently, the HTTP client
+    then fails every tick) and no #fragment; a base URL (vLLM's, the page path goes after it) no
+    ?query either. The messages name the part at fault, never the whole URL (it may hold a password)."""
+    _no_blank_or_control(value)
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises on a port that is not a number in range
+    except ValueError as err:
+        raise ValueError(f"must be an http:// or https:// URL with a host ({err})") from None
+    if parts.scheme not in ("http", "https"):
+        scheme = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        raise ValueError(f"must be an http:// or https:// URL with a host ({scheme})")
+    if not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host (no host)")
+    if parts.fragment or value.endswith("#"):
+        raise ValueError("must not have a #fragment")
+    if base and (parts.query or value.endswith("?")):
+        raise ValueError("must be the server's base URL, without a ?query (the page's path goes after it)")
+
+
+def config_file(path: str) -> str:
+    """The TOML file TOKEN_ECONOMY_CONFIG_FILE (or --config) names: one that is not there stops
+    start-up (pydantic-settings would skip it silently, and the file's settings with it)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    if not os.path.isfile(path):
+        raise IsADirectoryError(f"not a file: {path}")
+    return path
+
+
 def parse_listen_address(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -356,18 +446,86 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+# Settings whose value may carry a password: an error never repeats it.
+SECRET_BEARING = frozenset({"vllm_url", "dcgm_url"})
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e10 else f"{value:g}"
+
+
+def _is_float(field: str) -> bool:
+    return (
+        float in get_args(Settings.model_fields[field].annotation) or Settings.model_fields[field].annotation is float
+    )
+
+
+def allowed_range(field: str) -> str | None:
+    """A numeric setting's bounds in words, e.g. `> 0 and <= 10000`; None for other settings."""
+    bounds = []
+    for item in Settings.model_fields[field].metadata:
+        if isinstance(item, Gt):
+            bounds.append(f"> {_number(item.gt)}")  # type: ignore[arg-type]
+        elif isinstance(item, Ge):
+            bounds.append(f">= {_number(item.ge)}")  # type: ignore[arg-type]
+        elif isinstance(item, Lt):
+            bounds.append(f"< {_number(item.lt)}")  # type: ignore[arg-type]
+        elif isinstance(item, Le):
+            bounds.append(f"<= {_number(item.le)}")  # type: ignore[arg-type]
+    return " and ".join(bounds) or None
+
+
 def describe_errors(err: ValidationError) -> list[str]:
-    """One line per bad setting, naming its flag and its environment variable."""
+    """One line per bad setting, naming its flag and its environment variable, the value given
+    (never for a URL, which may hold a password) and, for a number, the range allowed."""
     lines = []
     for item in err.errors():
         loc = [str(part) for part in item.get("loc", ()) if part != "__root__"]
         field = loc[0] if loc else ""
         message = item.get("msg", "invalid").removeprefix("Value error, ")
         if field in Settings.model_fields:
-            lines.append(f"setting {field} ({flag_name(field)} / {env_name(field)}): {message}")
+            given = item.get("input")
+            extra = [] if given is None or field in SECRET_BEARING else [f"got {given!r}"]
+            bounds = allowed_range(field) if item.get("type") != "inconsistent" else None
+            if bounds is not None:
+                finite = "finite, " if _is_float(field) else ""
+                extra.append(f"allowed: {finite}{bounds}")
+            detail = f" ({'; '.join(extra)})" if extra else ""
+            lines.append(f"setting {field} ({flag_name(field)} / {env_name(field)}): {message}{detail}")
+        elif field:  # a key the TOML file has that no setting has
+            lines.append(f"settings: {field}: {message}")
         else:
             lines.append(f"settings: {message}")
     return lines
+
+
+# TOKEN_ECONOMY_* variables that are ours without being settings: the config file, the vLLM
+# plugin's (read in vLLM's process; one ConfigMap may serve both containers) and the test suite's.
+OTHER_VARIABLES = frozenset(
+    {
+        CONFIG_FILE_ENV,
+        "TOKEN_ECONOMY_PLUGIN_GPUS",
+        "TOKEN_ECONOMY_PLUGIN_NVML",
+        "TOKEN_ECONOMY_PLUGIN_PUBLISH_SECONDS",
+        "TOKEN_ECONOMY_PLUGIN_STEP_LOGS",
+        "TOKEN_ECONOMY_VLLM_PYTHON",
+        "TOKEN_ECONOMY_VLLM_VENV",
+    }
+)
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """The TOKEN_ECONOMY_* variables no setting reads (a typo, or a setting since renamed), which
+    pydantic-settings ignores silently. Names compare as pydantic-settings does, case-insensitively."""
+    known = {env_name(field) for field in Settings.model_fields} | OTHER_VARIABLES
+    return sorted(name for name in environ if name.upper().startswith(ENV_PREFIX) and name.upper() not in known)
+
+
+def closest_variable(name: str) -> str | None:
+    """The setting's variable an unknown one was most likely meant to be, if any is close."""
+    names = [env_name(field) for field in Settings.model_fields]
+    matches = difflib.get_close_matches(name.upper(), names, n=1, cutoff=0.8)
+    return matches[0] if matches else None
 
 
 def load_settings(overrides: dict[str, Any]) -> Settings:
