@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +44,12 @@ class StartupError(Exception):
     pass
 
 
+# Kubernetes gives this container 5 s between SIGTERM and SIGKILL; a second is left for exiting.
+STOP_SECONDS = 4.0
+# Of those, what closing the server and the sources may take after the tick is given up on.
+CLOSE_SECONDS = 1.5
+
+
 @dataclass
 class App:
     loop: CollectionLoop
@@ -51,19 +58,60 @@ class App:
     log: FilteringBoundLogger
     ledger: Ledger
     attributor: Attributor
+    stop_seconds: float = STOP_SECONDS
+    close_seconds: float = CLOSE_SECONDS
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event) -> bool:
+        """Serves and ticks until `stop` is set, then stops within `stop_seconds` whatever a read
+        is doing: the loop runs on a daemon thread of its own, and the caller's thread only waits
+        for `stop` (a signal's handler runs there at once) and then for the others, each for a
+        bounded time. False when a thread had to be left behind (a read or a close that did not
+        return); the caller should then end the process without waiting for it."""
         # The tick thread must not hold the GIL for CPython's default 5 ms while a scrape waits.
         sys.setswitchinterval(0.0005)
         self.server.start()
         self.log.info("started", port=self.server.port)
+        failures: list[BaseException] = []
+
+        def tick() -> None:
+            try:
+                self.loop.run(stop)
+            except BaseException as err:  # re-raised on the caller's thread, after the stop
+                failures.append(err)
+                stop.set()
+
+        ticking = threading.Thread(target=tick, name="tick", daemon=True)
+        ticking.start()
         try:
-            self.loop.run(stop)
+            stop.wait()
         finally:
-            self.server.stop()
-            for close in self.closers:
+            stop.set()
+            clean = self._stop(ticking)
+        if failures:
+            raise failures[0]
+        return clean
+
+    def _stop(self, ticking: threading.Thread) -> bool:
+        deadline = time.monotonic() + self.stop_seconds
+        ticking.join(max(0.0, deadline - time.monotonic() - self.close_seconds))
+        clean = not ticking.is_alive()
+        if not clean:
+            self.log.warning("stop_abandons_tick", reason="a source read was still running; its thread is left behind")
+        closing = threading.Thread(target=self._close, name="close", daemon=True)
+        closing.start()
+        closing.join(max(0.0, deadline - time.monotonic()))
+        if closing.is_alive():
+            clean = False
+            self.log.warning("stop_abandons_close", reason="closing the server or a source did not return in time")
+        self.log.info("stopped", clean=clean)
+        return clean
+
+    def _close(self) -> None:
+        for close in (self.server.stop, *self.closers):
+            try:
                 close()
-            self.log.info("stopped")
+            except Exception as err:  # one that fails must not keep the others open
+                self.log.warning("close_failed", error=repr(err))
 
 
 def _explicit_weights(settings: Settings) -> dict[str, float | None]:

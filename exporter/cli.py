@@ -1,15 +1,30 @@
-"""`token-economy-exporter run`: flags over environment over file, then the loop until SIGTERM."""
+"""`token-economy-exporter run`: flags over environment over file, then the loop until SIGTERM.
+
+Signals, as an orchestrator or an operator sends them:
+- SIGTERM, SIGINT and SIGQUIT stop cleanly (the server and the sources closed, exit status 0)
+  within 5 s, even while a read hangs. SIGQUIT's usual meaning is "quit"; its core dump would
+  only lose the totals' last scrape, so it stops like SIGTERM.
+- SIGHUP is ignored with a log line: the process never dies of a closed terminal or of a
+  reload sent by habit (settings are read at start-up; re-reading them is a later change).
+- SIGUSR1 and SIGUSR2 are ignored with a log line: they mean nothing here, and a stray one (a
+  log-rotation script, a mistaken `kill -USR1`) must not take the metrics down.
+The handler only queues the signal; a thread of its own logs it and acts, so a signal never
+logs from inside another log call on the main thread. Before the exporter runs (while it opens
+its sources), a stop signal ends start-up at once."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import queue
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from types import FrameType
 
 from pydantic import ValidationError
+from structlog.typing import FilteringBoundLogger
 
 from exporter import __version__
 from exporter.config import (
@@ -23,6 +38,49 @@ from exporter.config import (
 )
 
 EXIT_USAGE = 2
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+IGNORED_SIGNALS = {
+    signal.SIGHUP: "settings are read at start-up only; restart the exporter to change them",
+    signal.SIGUSR1: "SIGUSR1 has no meaning here; send SIGTERM to stop",
+    signal.SIGUSR2: "SIGUSR2 has no meaning here; send SIGTERM to stop",
+}
+
+
+class Signals:
+    """Turns the signals above into a stop event and log lines (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self._received: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._running = False
+
+    def install(self) -> None:
+        for sig in (*STOP_SIGNALS, *IGNORED_SIGNALS):
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum: int, frame: FrameType | None = None) -> None:
+        if not self._running and signum in STOP_SIGNALS:
+            raise SystemExit(0)  # still starting: nothing to close yet
+        self._received.put(signum)  # SimpleQueue.put is safe in a signal handler; logging is not
+
+    def serve(self, log: FilteringBoundLogger) -> threading.Event:
+        """From now on, signals are logged and acted on by a thread of their own."""
+        self._running = True
+        threading.Thread(target=self._act, args=(log,), name="signals", daemon=True).start()
+        return self.stop
+
+    def _act(self, log: FilteringBoundLogger) -> None:
+        while True:
+            signum = self._received.get()
+            name = signal.Signals(signum).name
+            if signum in IGNORED_SIGNALS:
+                log.warning("signal_ignored", signal=name, reason=IGNORED_SIGNALS[signal.Signals(signum)])
+            elif self.stop.is_set():
+                log.info("signal_while_stopping", signal=name)
+            else:
+                log.info("stopping", signal=name)
+                self.stop.set()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,13 +142,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from exporter.app import StartupError, build
 
+    signals = Signals()
+    signals.install()  # before the sources open: a SIGHUP during start-up must not kill either
     try:
         app = build(settings)
     except StartupError as err:
         return _fail([str(err)])
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    app.run(stop)
+    if not app.run(signals.serve(app.log)):
+        # A thread is stuck in a read or a close that will not return: do not wait for it at exit.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0

@@ -49,6 +49,7 @@ class CollectionLoop:
         self._episodes = {name: Episode(log, name) for name in ("vllm", "energy", "exporter")}
         self._gpu_episodes: dict[str, Episode] = {}
         self._missing_reported: frozenset[str] | None = None
+        self._late_ticks = 0
 
     def tick(self) -> None:
         started = self._clock()
@@ -133,14 +134,34 @@ class CollectionLoop:
         return snapshot, SourceRead(not reasons, read.seconds, reasons)
 
     def run(self, stop: threading.Event) -> None:
+        """Ticks every interval until `stop` is set. The only wait is on `stop`, so setting it ends
+        the loop at once between ticks; a tick itself is bounded by its sources' deadlines."""
         deadline = self._clock()
         while not stop.is_set():
+            started = self._clock()
             self.tick()
             deadline += self._interval
             now = self._clock()
+            self._note_lateness(now - started)
             if deadline < now:  # fell behind (a slow source): keep the cadence, skip the lost slots
                 deadline = now + self._interval - ((now - deadline) % self._interval)
             stop.wait(deadline - now)
+
+    def _note_lateness(self, seconds: float) -> None:
+        """A tick longer than the interval is logged once per episode (its interval merges into
+        the next; `last_tick_timestamp_seconds` shows the gap), and the return to time once."""
+        if seconds > self._interval:
+            if not self._late_ticks:
+                self._log.warning(
+                    "tick_late",
+                    seconds=round(seconds, 3),
+                    interval=self._interval,
+                    effect="the lost slots are skipped; source reads are bounded by their deadlines",
+                )
+            self._late_ticks += 1
+        elif self._late_ticks:
+            self._log.info("tick_on_time", late_ticks=self._late_ticks)
+            self._late_ticks = 0
 
 
 def _origins(vllm: VllmSnapshot | None, energy: EnergySnapshot | None) -> dict[str, str]:
