@@ -87,13 +87,20 @@ def test_a_hung_call_fails_the_read_at_its_deadline_then_reads_are_refused_at_on
     source.close()
 
 
-def test_reads_run_on_one_long_lived_thread(hang):
-    source = NvmlEnergySource(counter_gpus(hang), None, 20.0, time.monotonic, read_timeout=DEADLINE)
-    seen = set()
+def test_reads_run_on_one_long_lived_thread():
+    threads = []
+
+    def energy(t: float) -> float:
+        threads.append(threading.current_thread())
+        return 5_000_000 + 1000 * t
+
+    nvml = FakeNvml([FakeGpu(uuid=UUID0, energy_mj=energy)], clock=time.monotonic)
+    source = NvmlEnergySource(nvml, None, 20.0, time.monotonic, read_timeout=DEADLINE)
+    threads.clear()  # the probe at start-up ran on the caller's
     for _ in range(20):
         source.read()
-        seen.add(sum(1 for t in threading.enumerate() if t.name == "nvml-reads"))
-    assert seen == {1}
+    assert len(threads) == 20 and len(set(threads)) == 1
+    assert threads[0] is not threading.current_thread() and threads[0].daemon and threads[0].name == "nvml-reads"
     source.close()
 
 
