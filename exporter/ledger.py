@@ -26,6 +26,12 @@ KNOWN_ERRORS = (
     ("vllm", "too_large"),
     ("vllm", "parse"),
     ("vllm", "internal"),
+    ("vllm", "truncated"),
+    ("vllm", "bad_value"),
+    ("vllm", "duplicate_series"),
+    ("vllm", "counter_decrease"),
+    ("vllm", "counter_leap"),
+    ("vllm", "counter_missing"),
     ("energy", "internal"),
     ("exporter", "internal"),
 )
@@ -166,6 +172,7 @@ class LedgerView:
             idle_measured=result.idle_measured,
             models=result.models,
             resets=_added(self.resets, {"vllm": result.vllm_resets, "energy": result.energy_resets}),
+            source_errors=_added(self.source_errors, result.errors) if result.errors else self.source_errors,
         )
 
 

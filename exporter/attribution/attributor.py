@@ -46,6 +46,9 @@ class TickResult:
     identified: bool = False
     residual_ratio: float | None = None
     fits: int = 0  # estimator updates so far
+    # (source, reason) -> count: problems within a reading that still counted (a series rejected,
+    # a counter glitch), counted in source_errors_total beside the reads' own failures
+    errors: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class Attributor:
@@ -103,8 +106,15 @@ class Attributor:
         return result
 
     def _account_work(self, vllm: VllmSnapshot, result: TickResult) -> None:
-        interval = self._work.update(vllm.engines)
+        interval = self._work.update(vllm.engines, vllm.timestamp)
         result.vllm_resets = interval.resets
+        for reason in vllm.rejected:
+            _count(result.errors, ("vllm", reason))
+        for reason, count in (("counter_decrease", interval.decreases), ("counter_leap", interval.leaps)):
+            if count:
+                _count(result.errors, ("vllm", reason), count)
+        if interval.held:
+            _count(result.errors, ("vllm", "counter_missing"), interval.held)
         self._models = tuple(dict.fromkeys(e.model_name for e in vllm.engines)) or self._models
         for model, work in interval.by_model.items():
             self._pending.setdefault(model, Work()).add(work)
@@ -210,3 +220,7 @@ class Attributor:
             result[(model, CACHED_INPUT)] = (e.cached_input, sd.cached_input)
             result[(model, OUTPUT)] = output
         return result
+
+
+def _count(errors: dict[tuple[str, str], int], key: tuple[str, str], n: int = 1) -> None:
+    errors[key] = errors.get(key, 0) + n

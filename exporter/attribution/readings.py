@@ -59,6 +59,9 @@ class VllmSnapshot:
     engines: tuple[EngineSample, ...]
     missing_families: frozenset[str] = frozenset()
     origin: str = "vllm"  # whose counters: "vllm" (its own families) or "plugin" (our stat logger's)
+    # One reason per sample the parser left out (a value no counter can hold, a duplicated
+    # series): the reading still counts, without them.
+    rejected: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

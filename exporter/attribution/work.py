@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from exporter.attribution.counters import CounterTracker
+from exporter.attribution.counters import EngineCounters, usable
 from exporter.attribution.readings import EngineSample
 
 
@@ -52,6 +52,9 @@ class IntervalWork:
     # True when every engine's prompts were counted when scheduled (the plugin's step counts):
     # the work then lines up with the energy of its own interval, and short fit windows hold.
     exact: bool = True
+    decreases: int = 0  # counters that went down without evidence of a restart: counted nothing
+    leaps: int = 0  # counters that rose faster than any engine can: counted nothing
+    held: int = 0  # engines with a counter missing or unusable: held whole until it returns
 
 
 _COUNTERS = (
@@ -65,51 +68,76 @@ _COUNTERS = (
     "prefill_steps",
     "kv_usage_steps",
 )
+# The fastest any engine can count, per second: far above what a node of GPUs does (a prompt
+# token rate of 10^9/s is 100,000 100k-token prompts a second, all served from cache), far below
+# the values a broken or hostile page gives. A faster rise is a glitch, not work.
+_TOKENS_PER_SECOND = 1e9
+_STEPS_PER_SECOND = 1e6
+MAX_RATES = {
+    **dict.fromkeys(_COUNTERS, _TOKENS_PER_SECOND),
+    "steps": _STEPS_PER_SECOND,
+    "prefill_steps": _STEPS_PER_SECOND,
+    "kv_usage_steps": _STEPS_PER_SECOND,
+}
 
 
 class WorkMeter:
     """Turns cumulative per-engine counters into per-model work, summed over engines."""
 
-    __slots__ = ("_last_busy", "_last_usage", "_tracker")
+    __slots__ = ("_counters", "_last_busy", "_last_usage")
 
     def __init__(self) -> None:
-        self._tracker = CounterTracker()
+        self._counters = EngineCounters(MAX_RATES)
         self._last_usage: dict[tuple[str, str], float] = {}
         self._last_busy: dict[tuple[str, str], bool] = {}
 
-    def update(self, engines: Iterable[EngineSample]) -> IntervalWork:
+    def update(self, engines: Iterable[EngineSample], timestamp: float = 0.0) -> IntervalWork:
+        """`timestamp`: when the engines were read (seconds), to judge how fast a counter rose."""
         result = IntervalWork()
         for sample in engines:
             result.exact = result.exact and sample.scheduled_prompt_tokens is not None
             series = (sample.model_name, sample.engine)
-            increases = {}
-            reset = False
-            for name in _COUNTERS:
-                inc = self._tracker.increase((series, name), getattr(sample, name), sample.created)
-                if inc is not None:
-                    increases[name] = inc.value
-                    reset = reset or inc.reset
-            result.resets += int(reset)
-
+            values = {name: getattr(sample, name) for name in _COUNTERS}
+            step = self._counters.update(series, values, sample.created, timestamp)
+            increases = {} if step is None else step.increases
+            if step is not None:
+                result.resets += int(step.restart)
+                result.decreases += step.decreases
+                result.leaps += step.leaps
+                result.held += int(step.held)
             work = result.by_model.setdefault(sample.model_name, Work())
             piece = _classify(increases)
-            usage = sample.kv_cache_usage
-            previous_usage = self._last_usage.get(series, usage)
-            if usage is not None:
-                self._last_usage[series] = usage
-            if "kv_usage_steps" in increases and sample.kv_cache_capacity_tokens:
-                # The plugin summed each step's own use: the context read, step by step.
-                piece.kv_context = increases["kv_usage_steps"] * sample.kv_cache_capacity_tokens
-            elif usage is not None and previous_usage is not None and sample.kv_cache_capacity_tokens:
-                piece.kv_context = piece.steps * 0.5 * (usage + previous_usage) * sample.kv_cache_capacity_tokens
+            piece.kv_context = self._kv_context(series, sample, increases, piece.steps)
             work.add(piece)
 
             busy_now = bool(sample.requests_running) or bool(sample.requests_waiting)
             busy_before = self._last_busy.get(series, busy_now)
             self._last_busy[series] = busy_now
-            if piece.any or busy_now or busy_before:
-                result.idle = False
+            if piece.any or busy_now or busy_before or (step is not None and step.held):
+                result.idle = False  # a held engine's activity is unknown: not an idle interval
         return result
+
+    def _kv_context(
+        self, series: tuple[str, str], sample: EngineSample, increases: dict[str, float], steps: float
+    ) -> float:
+        """Context tokens the steps read: the plugin's step-by-step sum of the KV cache's use,
+        else steps x the mean use at the interval's ends; 0 where a gauge is unusable."""
+        usage = sample.kv_cache_usage if _fraction(sample.kv_cache_usage) else None
+        capacity = sample.kv_cache_capacity_tokens if usable(sample.kv_cache_capacity_tokens) else None
+        previous_usage = self._last_usage.get(series, usage)
+        if usage is not None:
+            self._last_usage[series] = usage
+        if not capacity:
+            return 0.0
+        if "kv_usage_steps" in increases:
+            return increases["kv_usage_steps"] * capacity
+        if usage is not None and previous_usage is not None:
+            return steps * 0.5 * (usage + previous_usage) * capacity
+        return 0.0
+
+
+def _fraction(value: float | None) -> bool:
+    return value is not None and 0.0 <= value <= 1.0
 
 
 def _classify(inc: dict[str, float]) -> Work:
