@@ -41,6 +41,25 @@ def samples(text: str, names: Iterable[str]) -> Iterator[tuple[str, str, str]]:
             pos = text.find(needle, end)
 
 
+def complete(text: str) -> None:
+    """SourceError("truncated") unless the page ends where the format says a page ends: after a
+    line feed. A page cut mid-number would otherwise be read as a smaller counter."""
+    if text and not text.endswith("\n"):
+        raise SourceError("truncated", "the page does not end with a line feed: cut short")
+
+
+def value_of(rest: str) -> float | None:
+    """The sample value that follows a name and its labels (a timestamp may follow it); None
+    when it is not a number. NaN and infinities are numbers here: callers decide."""
+    parts = rest.split()
+    if not parts:
+        return None
+    try:
+        return float(parts[0])
+    except ValueError:
+        return None
+
+
 def labels(label_text: str) -> dict[str, str]:
     """The labels of one sample; SourceError("parse") when there are absurdly many."""
     if len(label_text) > MAX_LABEL_TEXT:

@@ -112,7 +112,9 @@ class WorkReader:
             return vllm_page.parse(text, timestamp)
         if reading.gpus is not None:
             self.energy = _Energy(timestamp, reading.gpus)
-        return VllmSnapshot(timestamp, reading.engines, reading.unavailable_fields, origin="plugin")
+        return VllmSnapshot(
+            timestamp, reading.engines, reading.unavailable_fields, origin="plugin", rejected=reading.rejected
+        )
 
     def _read_files(self, directory: PluginDirectory) -> VllmSnapshot | None:
         files = directory.read()
@@ -122,17 +124,25 @@ class WorkReader:
         timestamp = self._clock() - max(0.0, directory.now() - files[0][1])
         engines: list[EngineSample] = []
         unavailable: set[str] = set()
+        rejected: list[str] = []
         for stem, _, text in files:
-            reading = plugin_page.parse(text, engine_suffix="@" + stem)
+            try:
+                reading = plugin_page.parse(text, engine_suffix="@" + stem)
+            except SourceError as err:  # a file cut short (written by hand, or a full disk)
+                rejected.append(err.reason)
+                continue
             if reading is None:
                 continue
             engines.extend(reading.engines)
             unavailable |= reading.unavailable_fields
+            rejected.extend(reading.rejected)
             if reading.gpus is not None and self.energy is None:  # files are newest first
                 self.energy = _Energy(timestamp, reading.gpus)
         if not engines:
             return None
-        return VllmSnapshot(timestamp, tuple(engines), frozenset(unavailable), origin="plugin")
+        return VllmSnapshot(
+            timestamp, tuple(engines), frozenset(unavailable), origin="plugin", rejected=tuple(rejected)
+        )
 
     def close(self) -> None:
         self._page.close()

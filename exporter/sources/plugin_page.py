@@ -8,12 +8,12 @@ measurement to offer, and the sidecar falls back rather than freeze the energy."
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from exporter.attribution.counters import usable
 from exporter.attribution.readings import EngineSample, GpuReading
 from exporter.sources import plugin_families as f
-from exporter.sources.exposition import labels, samples
+from exporter.sources.exposition import complete, labels, samples, value_of
 
 _WANTED = tuple(family.name for family in f.FAMILIES)
 _BY_NAME = {family.name: family for family in f.FAMILIES}
@@ -25,36 +25,48 @@ class PluginReading:
     engines: tuple[EngineSample, ...]
     gpus: tuple[GpuReading, ...] | None  # None: no energy here (another process measures, or NVML is down)
     unavailable_fields: frozenset[str] = frozenset()
+    rejected: tuple[str, ...] = ()  # a reason per sample left out, as `VllmSnapshot.rejected`
 
 
 Rows = dict[f.PluginFamily, dict[tuple[str, ...], float]]
 
 
 def parse(text: str, engine_suffix: str = "") -> PluginReading | None:
-    """None when the text holds none of the plugin's work. `engine_suffix` keeps the engines of
-    different processes' files apart, so each is its own counter series."""
-    rows = _rows(text)
+    """None when the text holds none of the plugin's work; SourceError("truncated") when it was
+    cut short. `engine_suffix` keeps the engines of different processes' files apart, so each is
+    its own counter series."""
+    complete(text)
+    rows, rejected = _rows(text)
     engines = _engines(rows, engine_suffix)
     if not engines:
         return None
     unavailable = frozenset(labels[0] for labels, value in rows[f.FIELD_AVAILABLE].items() if value == 0)
-    return PluginReading(engines, _gpus(rows), unavailable)
+    return PluginReading(engines, _gpus(rows), unavailable, tuple(rejected))
 
 
-def _rows(text: str) -> Rows:
+def _rows(text: str) -> tuple[Rows, list[str]]:
+    """Every family's samples by label values. A value no counter can hold, and a series given
+    twice, are left out (unknown, never zero) and named in the list returned beside them."""
     rows: Rows = {family: {} for family in f.FAMILIES}
+    rejected: list[str] = []
+    duplicated: set[tuple[str, tuple[str, ...]]] = set()
     for name, label_text, rest in samples(text, _WANTED):
         family = _BY_NAME[name]
-        try:
-            value = float(rest.split()[0])
-        except (ValueError, IndexError):
+        value = value_of(rest)
+        if value is None:
             continue
-        if not math.isfinite(value) or value < 0:
-            continue  # unknown, never zero, never negative
+        if not usable(value):
+            rejected.append("bad_value")
+            continue
         found = labels(label_text) if label_text else {}
         key = tuple(found.get(label, "") for label in family.labels)
+        if key in rows[family] or (name, key) in duplicated:
+            rejected.append("duplicate_series")
+            rows[family].pop(key, None)
+            duplicated.add((name, key))
+            continue
         rows[family][key] = value
-    return rows
+    return rows, rejected
 
 
 def _engines(rows: Rows, suffix: str) -> tuple[EngineSample, ...]:

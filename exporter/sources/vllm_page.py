@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import math
 
+from exporter.attribution.counters import usable
 from exporter.attribution.readings import EngineSample, VllmSnapshot
 from exporter.sources.errors import SourceError
-from exporter.sources.exposition import labels, samples
+from exporter.sources.exposition import complete, labels, samples, value_of
 
 # family name -> EngineSample field; by-source prompt tokens and the cache config are read apart
 _FIELDS: dict[str, str] = {
@@ -28,19 +29,28 @@ _BY_SOURCE = "vllm:prompt_tokens_by_source_total"
 _CACHE_CONFIG = "vllm:cache_config_info"
 _WANTED = frozenset(_FIELDS) | {_BY_SOURCE, _CACHE_CONFIG}
 
+MAX_CAPACITY_TOKENS = float(2**40)  # a KV cache of a trillion tokens is beyond any node
+_GAUGES = {"kv_cache_usage": 1.0, "requests_running": None, "requests_waiting": None}  # field -> upper bound
+
 # Families whose absence changes what we can say; reported once so users know what degraded.
 ESSENTIAL = ("prompt_tokens", "generation_tokens", "cached_prompt_tokens", "steps", "kv_cache_usage")
 
 
 def parse(text: str, timestamp: float) -> VllmSnapshot:
-    """Raise SourceError("parse") when the page holds no usable vLLM sample."""
+    """Raise SourceError("truncated") for a page cut short, SourceError("parse") when it holds no
+    usable vLLM sample. A sample whose value no counter (or gauge) can hold, and a series given
+    twice, are left out and named in `rejected`: they become unknown, never arithmetic."""
+    if "vllm:" not in text:
+        raise SourceError("parse", "no vLLM samples on the page")
+    complete(text)
     rows: dict[tuple[str, str], dict[str, float]] = {}
     capacity: dict[str, float] = {}  # by engine: cache_config_info carries no model_name
     seen: set[str] = set()
+    rejected: list[str] = []
+    duplicated: set[tuple[str, str, str]] = set()
     for name, label_text, rest in samples(text, _WANTED):
-        try:
-            value = float(rest.split()[0])
-        except (ValueError, IndexError):
+        value = value_of(rest)
+        if value is None:
             continue
         found = labels(label_text) if label_text else {}
         engine = found.get("engine", "0")
@@ -49,24 +59,42 @@ def parse(text: str, timestamp: float) -> VllmSnapshot:
             if tokens is not None:
                 capacity[engine] = tokens
             continue
-        row = rows.setdefault((found.get("model_name", ""), engine), {})
+        key = (found.get("model_name", ""), engine)
         if name == _BY_SOURCE:
-            if found.get("source") == "local_compute":
-                row["computed_prompt_tokens"] = value
-                seen.add("computed_prompt_tokens")
+            if found.get("source") != "local_compute":
+                continue
+            field = "computed_prompt_tokens"
+        else:
+            field = _FIELDS[name]
+        if not _plausible(field, value):
+            rejected.append("bad_value")
             continue
-        field = _FIELDS[name]
+        row = rows.setdefault(key, {})
+        if field in row or (*key, field) in duplicated:
+            rejected.append("duplicate_series")  # which one is true cannot be known: neither
+            row.pop(field, None)
+            duplicated.add((*key, field))
+            continue
         row[field] = value
         seen.add(field)
 
     if not rows:
-        raise SourceError("parse", "no vLLM samples on the page" if "vllm:" not in text else "no usable vLLM samples")
+        raise SourceError("parse", "no usable vLLM samples")
     engines = tuple(
         EngineSample(model_name=model or "unknown", engine=engine, kv_cache_capacity_tokens=capacity.get(engine), **row)
         for (model, engine), row in rows.items()
     )
     missing = frozenset(name for name in ESSENTIAL if name not in seen)
-    return VllmSnapshot(timestamp=timestamp, engines=engines, missing_families=missing)
+    return VllmSnapshot(timestamp=timestamp, engines=engines, missing_families=missing, rejected=tuple(rejected))
+
+
+def _plausible(field: str, value: float) -> bool:
+    """A counter's value is finite, not negative and within float precision; a gauge's finite,
+    not negative and within its bound."""
+    if field in _GAUGES:
+        bound = _GAUGES[field]
+        return math.isfinite(value) and value >= 0 and (bound is None or value <= bound)
+    return usable(value)
 
 
 def _cache_tokens(labels: dict[str, str]) -> float | None:
@@ -76,6 +104,6 @@ def _cache_tokens(labels: dict[str, str]) -> float | None:
             value = math.prod(float(labels[name]) for name in factors)
         except (KeyError, ValueError):
             continue
-        if value > 0:
+        if 0 < value <= MAX_CAPACITY_TOKENS:
             return value
     return None

@@ -84,13 +84,58 @@ def test_timestamps_escapes_and_odd_spacing():
         "<html>502 Bad Gateway</html>",
         'vllm:prompt_tokens_total{model_name="x"} not-a-number\n',
         "\x00\x01garbage",
-        "vllm:prompt_tokens_total",
+        "vllm:prompt_tokens_total\n",
     ],
 )
 def test_garbage_is_a_typed_parse_error(text):
     with pytest.raises(SourceError) as err:
         parse(text, 0)
     assert err.value.reason == "parse"
+
+
+@pytest.mark.parametrize("cut", [1, 7, 40, 80])
+def test_a_page_cut_short_is_rejected_not_read_as_smaller_counters(cut):
+    # Cut mid-number, "...generation_tokens_total{...} 12345" would read as 12: a restart.
+    page = 'vllm:prompt_tokens_total{model_name="m",engine="0"} 100\nvllm:generation_tokens_total{model_name="m",engine="0"} 12345\n'
+    with pytest.raises(SourceError) as err:
+        parse(page[: len(page) - cut], 0)
+    assert err.value.reason == "truncated"
+
+
+@pytest.mark.parametrize("value", ["+Inf", "-Inf", "NaN", "1e308", "-5", "9.1e15"])
+def test_a_value_no_counter_can_hold_is_left_out_and_named(value):
+    page = (
+        f'vllm:prompt_tokens_total{{model_name="m",engine="0"}} {value}\n'
+        'vllm:generation_tokens_total{model_name="m",engine="0"} 7\n'
+    )
+    snapshot = parse(page, 0)
+    (engine,) = snapshot.engines
+    assert engine.prompt_tokens is None and engine.generation_tokens == 7
+    assert snapshot.rejected == ("bad_value",)
+
+
+@pytest.mark.parametrize(
+    ("family", "value"), [("vllm:kv_cache_usage_perc", "1.5"), ("vllm:num_requests_running", "-1")]
+)
+def test_a_gauge_out_of_its_range_is_left_out(family, value):
+    page = (
+        f'{family}{{model_name="m",engine="0"}} {value}\nvllm:generation_tokens_total{{model_name="m",engine="0"}} 7\n'
+    )
+    snapshot = parse(page, 0)
+    assert snapshot.rejected == ("bad_value",)
+
+
+def test_a_series_given_twice_is_neither_summed_nor_either_one():
+    page = (
+        'vllm:generation_tokens_total{model_name="m",engine="0"} 7\n'
+        'vllm:generation_tokens_total{model_name="m",engine="0"} 9000\n'
+        'vllm:generation_tokens_total{model_name="m",engine="0"} 8\n'
+        'vllm:prompt_tokens_total{model_name="m",engine="0"} 3\n'
+    )
+    snapshot = parse(page, 0)
+    (engine,) = snapshot.engines
+    assert engine.generation_tokens is None and engine.prompt_tokens == 3
+    assert snapshot.rejected == ("duplicate_series", "duplicate_series")
 
 
 def test_a_bad_line_among_good_ones_is_skipped():
