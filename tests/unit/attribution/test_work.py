@@ -113,3 +113,24 @@ def test_the_plugins_decode_count_is_the_output_driver_and_adds_up():
     work.add(Work(output=5.0))  # a piece without the plugin's count: its generated tokens
     assert (work.output, work.decode_tokens) == (17.0, 14.0)
     assert Work(output=4.0).decode_tokens == 4.0
+
+
+def test_a_counter_unusable_for_a_while_is_counted_once_on_its_return():
+    # A NaN prompt counter for two reads, while cached tokens went on: counting the cached ones in
+    # the gap and the prompt's catch-up later gave 2x the cached input.
+    meter = WorkMeter()
+    totals = Work()
+    pages = [(0, 0), (1000, 100), (float("nan"), 300), (float("nan"), 500), (4000, 700), (5000, 800)]
+    for t, (prompt, cached) in enumerate(pages):
+        page = sample(prompt_tokens=prompt, cached_prompt_tokens=cached, computed_prompt_tokens=None)
+        totals.add(meter.update([page], float(t)).by_model["m"])
+    assert (totals.input + totals.cached_input, totals.cached_input) == (5000.0, 800.0)
+
+
+def test_a_restart_without_created_needs_every_counter_down():
+    meter = WorkMeter()
+    meter.update([sample(created=None, prompt_tokens=1000.0, generation_tokens=500.0, steps=50.0)], 0.0)
+    glitch = meter.update([sample(created=None, prompt_tokens=10.0, generation_tokens=600.0, steps=60.0)], 1.0)
+    assert (glitch.resets, glitch.decreases, glitch.by_model["m"].output) == (0, 1, 100.0)
+    restart = meter.update([sample(created=None, prompt_tokens=5.0, generation_tokens=3.0, steps=1.0)], 2.0)
+    assert restart.resets == 1 and restart.by_model["m"].output == 3.0
