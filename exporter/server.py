@@ -282,7 +282,16 @@ def body_length(request: Request) -> int:
 
 # What `HttpServer.counts` counts: trouble is counted here, never logged per connection, so a
 # hostile client cannot grow the log.
-COUNTS = ("connections", "evicted", "refused", "timeouts", "bad_requests", "internal_errors", "loop_errors")
+COUNTS = (
+    "connections",
+    "evicted",
+    "refused",
+    "accept_errors",
+    "timeouts",
+    "bad_requests",
+    "internal_errors",
+    "loop_errors",
+)
 
 
 @dataclass(slots=True, eq=False)
@@ -325,7 +334,8 @@ class HttpServer:
         self._loop.set_exception_handler(lambda _loop, _context: self._count("loop_errors"))
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
         self._started = threading.Event()
-        self._server: asyncio.base_events.Server | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # one a connection
 
     @property
     def port(self) -> int:
@@ -348,27 +358,67 @@ class HttpServer:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
-
-        async def main() -> None:
-            self._server = await asyncio.start_server(self._connection, sock=self._sock, limit=MAX_HEAD)
-            self._started.set()
-            await self._server.serve_forever()
-
         try:
-            self._loop.run_until_complete(main())
+            self._loop.run_until_complete(self._accept_forever())
         except asyncio.CancelledError:
             pass
         finally:
             self._loop.close()
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Connection(writer, asyncio.get_running_loop().time())
-        if not self._admit(conn):
-            writer.transport.abort()  # refused at once: no descriptor is held for it
+    async def _accept_forever(self) -> None:
+        """One connection at a time, making room under the cap before the next: asyncio's own
+        server accepts up to a hundred in one go before any can be refused, which is what ran
+        the process out of descriptors."""
+        loop = asyncio.get_running_loop()
+        self._accepting = asyncio.current_task()
+        self._started.set()
+        try:
+            while True:
+                try:
+                    client, _ = await loop.sock_accept(self._sock)
+                except OSError:  # out of descriptors (EMFILE) all the same: free one, retry shortly
+                    self._count("accept_errors")
+                    self._evict()
+                    await asyncio.sleep(0.05)
+                    continue
+                await self._open_connection(client)
+                await asyncio.sleep(0)  # an evicted connection releases its descriptor now
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _open_connection(self, client: socket.socket) -> None:
+        self._count("connections")
+        if len(self._open) >= self.max_connections and not self._evict():
+            self._count("refused")
+            client.close()  # refused at once: every connection is being answered
             return
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            reader, writer = await asyncio.open_connection(sock=client, limit=MAX_HEAD)
+        except OSError:
+            client.close()
+            return
+        conn = _Connection(writer, asyncio.get_running_loop().time())
+        self._open.add(conn)
+        task = asyncio.create_task(self._connection(conn, reader))
+        self._tasks.add(task)  # a reference, or the task may be collected mid-request
+        task.add_done_callback(self._tasks.discard)
+
+    def _evict(self) -> bool:
+        """Aborts the connection that has waited longest for a request (one that never completed
+        a request first); False when every connection is being answered."""
+        waiting = [c for c in self._open if c.waiting_since is not None]
+        if not waiting:
+            return False
+        victim = min(waiting, key=_Connection.eviction_order)
+        self._open.discard(victim)
+        victim.writer.transport.abort()
+        self._count("evicted")
+        return True
+
+    async def _connection(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
         try:
             await self._requests(conn, reader)
         except BadRequest as err:
@@ -380,23 +430,7 @@ class HttpServer:
             pass  # the client went, or was evicted
         finally:
             self._open.discard(conn)
-            writer.close()
-
-    def _admit(self, conn: _Connection) -> bool:
-        """Room for `conn` under the cap, made by aborting the connection that has waited longest
-        (one that never completed a request first); False when every one is being answered."""
-        self._count("connections")
-        if len(self._open) >= self.max_connections:
-            waiting = [c for c in self._open if c.waiting_since is not None]
-            if not waiting:
-                self._count("refused")
-                return False
-            victim = min(waiting, key=_Connection.eviction_order)
-            self._open.discard(victim)
-            victim.writer.transport.abort()
-            self._count("evicted")
-        self._open.add(conn)
-        return True
+            conn.writer.close()
 
     async def _requests(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
         loop = asyncio.get_running_loop()
@@ -453,10 +487,8 @@ class HttpServer:
 
     def stop(self) -> None:
         def shutdown() -> None:
-            if self._server is not None:
-                self._server.close()
-            for task in asyncio.all_tasks(self._loop):
-                task.cancel()
+            if self._accepting is not None:
+                self._accepting.cancel()
 
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(shutdown)

@@ -9,6 +9,8 @@ import contextlib
 import logging
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -226,3 +228,49 @@ def test_hostile_connections_are_counted_not_logged(caplog):
         counts = server.counts
     assert counts["evicted"] + counts["timeouts"] + counts["bad_requests"] >= 40
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno > logging.DEBUG] == []
+
+
+# The issue's attack scaled down: a process under a small descriptor limit, the default cap,
+# and more idle connections than the limit allows. Its own process, so the limit is its alone.
+UNDER_A_SMALL_LIMIT = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+from prometheus_client import CollectorRegistry
+from exporter.ledger import Ledger
+from exporter.server import HttpServer, MetricsCache, Routes
+ledger = Ledger()
+server = HttpServer("127.0.0.1", 0, Routes(MetricsCache(CollectorRegistry(), ledger), ledger, "http://v", "nvml"))
+server.start()
+print(server.port, server.max_connections, flush=True)
+sys.stdin.read()
+print(server.counts, flush=True)
+server.stop()
+"""
+
+
+def test_the_default_cap_keeps_scrapes_working_past_the_descriptor_limit():
+    child = subprocess.Popen(
+        [sys.executable, "-c", UNDER_A_SMALL_LIMIT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port, cap = map(int, child.stdout.readline().split())
+        assert cap < 64
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(150)]
+        try:
+            time.sleep(0.3)
+            for _ in range(5):
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        finally:
+            for sock in idle:
+                sock.close()
+        out, err = child.communicate("", timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert "'evicted': 0" not in out and "'accept_errors': 0" in out and "'loop_errors': 0" in out
+    assert err == ""  # nothing logged, however many connections came
