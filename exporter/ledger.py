@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from exporter.attribution.attributor import TickResult
 from exporter.attribution.pricing import CostKey
@@ -36,6 +36,9 @@ KNOWN_ERRORS = (
     ("exporter", "internal"),
 )
 SOURCES = ("vllm", "energy")
+# Per-model counters a departed model keeps in the archive, and how many departed models are kept.
+ARCHIVED_FIELDS = ("tokens", "steps", "energy", "busy_seconds", "cost", "emissions")
+MAX_ARCHIVED_MODELS = 1024
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -108,6 +111,9 @@ class LedgerView:
     ready: bool = False
     origins: Mapping[str, str] = field(default_factory=_empty)  # the latest reading's, by source
     energy_modelled: bool | None = None  # as of the latest energy reading; None before the first
+    # Totals of models not seen for long, out of the exposition until they return (then their
+    # counters go on from these, never from zero: a reset would read as a burst to rate()).
+    archive: Mapping[str, Mapping[str, Mapping[Any, float]]] = field(default_factory=_empty)
 
     @classmethod
     def initial(cls, sources: Iterable[str] = SOURCES) -> LedgerView:
@@ -147,6 +153,47 @@ class LedgerView:
         )
 
     def _with_result(self, result: TickResult) -> LedgerView:
+        view = self._restored(result) if self.archive else self
+        view = view._added_result(result)
+        return view._archived(result.expired_models) if result.expired_models else view
+
+    def _restored(self, result: TickResult) -> LedgerView:
+        """The archived totals of models this result counts again, back in place."""
+        returning = {model for model in (*result.models, *result.steps) if model in self.archive}
+        if not returning:
+            return self
+        changes: dict[str, Mapping[Any, float]] = {}
+        for name in ARCHIVED_FIELDS:
+            merged = dict(getattr(self, name))
+            for model in returning:
+                merged.update(self.archive[model].get(name, {}))
+            changes[name] = _frozen(merged)
+        archive = {model: kept for model, kept in self.archive.items() if model not in returning}
+        return replace(self, archive=_frozen(archive), **changes)  # type: ignore[arg-type]
+
+    def _archived(self, models: Iterable[str]) -> LedgerView:
+        """These models' series leave the exposition; their counters wait in the archive."""
+        gone = set(models)
+        changes: dict[str, Mapping[Any, float]] = {}
+        taken: dict[str, dict[str, dict[Any, float]]] = {model: {} for model in gone}
+        for name in (*ARCHIVED_FIELDS, "marginal"):
+            kept: dict[Any, Any] = {}
+            for key, value in getattr(self, name).items():
+                model = key if isinstance(key, str) else key[0]
+                if model not in gone:
+                    kept[key] = value
+                elif name != "marginal":  # a gauge of a departed model is not kept
+                    taken[model].setdefault(name, {})[key] = value
+            changes[name] = _frozen(kept)
+        archive = {model: v for model, v in self.archive.items() if model not in gone}
+        for model, fields in taken.items():
+            archive[model] = MappingProxyType({name: _frozen(values) for name, values in fields.items()})
+        while len(archive) > MAX_ARCHIVED_MODELS:  # the longest gone is forgotten: it would restart at 0
+            del archive[next(iter(archive))]
+        models = tuple(m for m in self.models if m not in gone)
+        return replace(self, archive=_frozen(archive), models=models, **changes)  # type: ignore[arg-type]
+
+    def _added_result(self, result: TickResult) -> LedgerView:
         allocation = result.allocation
         busy = dict(self.busy_seconds)
         if allocation is not None:

@@ -10,6 +10,7 @@ from exporter.attribution.counters import CounterTracker
 from exporter.attribution.energy import IntervalEnergy, counter_key, measured_interval
 from exporter.attribution.estimator import DRIVERS, MarginalCostEstimator
 from exporter.attribution.idle import IdlePowerEstimator
+from exporter.attribution.models import DEFAULT_MAX_MODELS, DEFAULT_MODEL_EXPIRY_SECONDS, ModelRoster
 from exporter.attribution.phase_model import modelled_interval
 from exporter.attribution.pricing import CostKey, Prices, costs, emissions
 from exporter.attribution.prior import Coefficients, Prior
@@ -49,6 +50,7 @@ class TickResult:
     # (source, reason) -> count: problems within a reading that still counted (a series rejected,
     # a counter glitch), counted in source_errors_total beside the reads' own failures
     errors: dict[tuple[str, str], int] = field(default_factory=dict)
+    expired_models: tuple[str, ...] = ()  # not seen for long: their series leave the exposition
 
 
 class Attributor:
@@ -61,6 +63,7 @@ class Attributor:
         policy: Policy = Policy(),
         limit_watts_total: float = float("inf"),
         estimator: MarginalCostEstimator | None = None,
+        roster: ModelRoster | None = None,
     ) -> None:
         self.prior = prior
         self.idle = idle
@@ -69,7 +72,8 @@ class Attributor:
         self.policy = policy
         self.limit_watts_total = limit_watts_total
         self.estimator = estimator  # None: the prior is the answer (a declared policy)
-        self._work = WorkMeter()
+        self._roster = roster or ModelRoster(DEFAULT_MAX_MODELS, DEFAULT_MODEL_EXPIRY_SECONDS)
+        self._work = WorkMeter(self._roster.expiry_seconds)
         self._energy = CounterTracker()
         self._last_energy_time: float | None = None
         self._pending: dict[str, Work] = {}  # work seen while the energy of its time was not yet read
@@ -106,7 +110,14 @@ class Attributor:
         return result
 
     def _account_work(self, vllm: VllmSnapshot, result: TickResult) -> None:
-        interval = self._work.update(vllm.engines, vllm.timestamp)
+        admission = self._roster.admit(vllm.engines, vllm.timestamp)
+        for model in admission.expired:  # gone for long: its lifetime totals go with it
+            self._totals.pop(model, None)
+            self._pending.pop(model, None)
+        result.expired_models = admission.expired
+        if admission.overflowed:
+            _count(result.errors, ("vllm", "model_limit"), admission.overflowed)
+        interval = self._work.update(admission.engines, vllm.timestamp)
         result.vllm_resets = interval.resets
         for reason in vllm.rejected:
             _count(result.errors, ("vllm", reason))
@@ -115,7 +126,7 @@ class Attributor:
                 _count(result.errors, ("vllm", reason), count)
         if interval.held:
             _count(result.errors, ("vllm", "counter_missing"), interval.held)
-        self._models = tuple(dict.fromkeys(e.model_name for e in vllm.engines)) or self._models
+        self._models = tuple(dict.fromkeys(e.model_name for e in admission.engines)) or self._models
         for model, work in interval.by_model.items():
             self._pending.setdefault(model, Work()).add(work)
             self._totals.setdefault(model, Work()).add(work)

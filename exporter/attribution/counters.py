@@ -99,6 +99,10 @@ class EngineCounters:
         self._max_rates = dict(max_rates)
         self._last: dict[Hashable, _Baseline] = {}
 
+    def forget(self, series: Hashable) -> None:
+        """A series gone for good: its next sight is a new baseline."""
+        self._last.pop(series, None)
+
     def update(
         self, series: Hashable, values: Mapping[str, float | None], created: float | None, timestamp: float
     ) -> EngineIncrease | None:

@@ -81,15 +81,33 @@ MAX_RATES = {
 }
 
 
+# Engine series followed at once: beyond it the longest unseen is forgotten (a page can name any
+# number of engines and models; each series holds a dozen numbers).
+MAX_SERIES = 4096
+
+
 class WorkMeter:
-    """Turns cumulative per-engine counters into per-model work, summed over engines."""
+    """Turns cumulative per-engine counters into per-model work, summed over engines. A series
+    not read for `expiry_seconds` is forgotten: if it returns, its first read is a baseline."""
 
-    __slots__ = ("_counters", "_last_busy", "_last_usage")
+    __slots__ = ("_counters", "_expiry", "_last_busy", "_last_usage", "_seen")
 
-    def __init__(self) -> None:
+    def __init__(self, expiry_seconds: float = 3600.0) -> None:
         self._counters = EngineCounters(MAX_RATES)
+        self._expiry = expiry_seconds
         self._last_usage: dict[tuple[str, str], float] = {}
         self._last_busy: dict[tuple[str, str], bool] = {}
+        self._seen: dict[tuple[str, str], float] = {}  # series -> when last read, oldest first
+
+    def _forget_old(self, timestamp: float) -> None:
+        while self._seen:
+            series, seen = next(iter(self._seen.items()))
+            if timestamp - seen <= self._expiry and len(self._seen) <= MAX_SERIES:
+                return
+            del self._seen[series]
+            self._counters.forget(series)
+            self._last_usage.pop(series, None)
+            self._last_busy.pop(series, None)
 
     def update(self, engines: Iterable[EngineSample], timestamp: float = 0.0) -> IntervalWork:
         """`timestamp`: when the engines were read (seconds), to judge how fast a counter rose."""
@@ -97,6 +115,8 @@ class WorkMeter:
         for sample in engines:
             result.exact = result.exact and sample.scheduled_prompt_tokens is not None
             series = (sample.model_name, sample.engine)
+            self._seen.pop(series, None)
+            self._seen[series] = timestamp
             values = {name: getattr(sample, name) for name in _COUNTERS}
             step = self._counters.update(series, values, sample.created, timestamp)
             increases = {} if step is None else step.increases
@@ -115,6 +135,7 @@ class WorkMeter:
             self._last_busy[series] = busy_now
             if piece.any or busy_now or busy_before or (step is not None and step.held):
                 result.idle = False  # a held engine's activity is unknown: not an idle interval
+        self._forget_old(timestamp)
         return result
 
     def _kv_context(
