@@ -114,6 +114,14 @@ class App:
                 self.log.warning("close_failed", error=repr(err))
 
 
+def stale_after_seconds(interval: float) -> float:
+    """How old the last completed tick may be before /readyz says 503: three intervals, and never
+    under 5 s, above the longest a tick can take while its reads end at their deadlines (vLLM's
+    page at most 2 s or 0.8 x interval, NVML 1 s), so a slow source never flaps readiness and a
+    loop that has stopped ticking takes the pod out of the endpoints."""
+    return max(3 * interval, 5.0)
+
+
 def _explicit_weights(settings: Settings) -> dict[str, float | None]:
     return {name: getattr(settings, name) for name in EXPLICIT_WEIGHTS}
 
@@ -240,7 +248,14 @@ def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpe
     registry.register(LedgerCollector(ledger, build_labels(settings, energy, model), attributor.prices))
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
-    server = _listen(settings, Routes(MetricsCache(registry, ledger), ledger, settings.vllm_url, energy.mode))
+    routes = Routes(
+        MetricsCache(registry, ledger),
+        ledger,
+        settings.vllm_url,
+        energy.mode,
+        stale_after_seconds=stale_after_seconds(settings.interval),
+    )
+    server = _listen(settings, routes)
 
     work = _work_reader(settings)
     energy_reader = _energy_reader(EnergyMode(settings.energy_source), work, energy.source)

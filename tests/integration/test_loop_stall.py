@@ -209,3 +209,34 @@ def test_a_trickled_page_ends_at_the_deadline_every_tick_and_sigterm_still_stops
     assert status == 0 and seconds < GRACE
     log = exporter.log()
     assert '"reason": "timeout"' in log and '"event": "stopped"' in log
+
+
+def test_readyz_turns_503_when_the_last_tick_is_older_than_three_intervals():
+    """A loop that stopped ticking (here: ticks stamped in the past) takes the pod out of the
+    endpoints, through the wiring the command uses."""
+    from exporter.app import build, stale_after_seconds
+    from exporter.config import Settings
+    from exporter.loop import CollectionLoop
+    from tests.loop_rig import ScriptedEnergy, ScriptedVllm
+
+    settings = Settings(
+        listen_address=f"{HOST}:0", energy_source="phase-model", gpu_type="H100", interval=2.0, log_level="error"
+    )
+    app = build(settings)
+    assert stale_after_seconds(2.0) == 6.0
+    wall = [time.time()]
+    vllm, energy = ScriptedVllm(), ScriptedEnergy()
+    loop = CollectionLoop(vllm, energy, app.attributor, app.ledger, app.log, 2.0, wall_clock=lambda: wall[0])
+    app.server.start()
+    try:
+        readyz = f"http://{HOST}:{app.server.port}/readyz"
+        for t, age, expected in ((1.0, 0.0, 200), (2.0, 5.0, 200), (3.0, 7.0, 503), (4.0, 0.0, 200)):
+            vllm.t = energy.t = t
+            vllm.tokens = energy.joules = 100.0 * t
+            wall[0] = time.time() - age
+            loop.tick()
+            assert httpx.get(readyz, timeout=5).status_code == expected, (t, age)
+    finally:
+        app.server.stop()
+        for close in app.closers:
+            close()
