@@ -18,6 +18,9 @@ class Behaviour:
     body = PAGE
     delay = 0.0
     chunked = False
+    trickle = 0.0  # seconds between bytes, each well within any per-read timeout
+    trickle_head = False  # the status line and headers too, not only the body
+    pieces = 1  # the body in this many writes, `delay` apart
 
 
 @pytest.fixture
@@ -33,6 +36,10 @@ def server():
                 self._answer()
 
         def _answer(self):
+            if behaviour.trickle:
+                return self._trickle()
+            if behaviour.pieces > 1:
+                return self._in_pieces()
             time.sleep(behaviour.delay)
             self.send_response(behaviour.status)
             self.send_header("Content-Type", "text/plain; version=1.0.0")
@@ -47,6 +54,30 @@ def server():
                 self.send_header("Content-Length", str(len(behaviour.body)))
                 self.end_headers()
                 self.wfile.write(behaviour.body)
+
+        def _head(self):
+            return (
+                f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {len(behaviour.body)}\r\n\r\n".encode()
+            )
+
+        def _trickle(self):
+            out = behaviour.body
+            if behaviour.trickle_head:
+                out = self._head() + out
+            else:
+                self.wfile.write(self._head())
+            for i in range(len(out)):
+                self.wfile.write(out[i : i + 1])
+                self.wfile.flush()
+                time.sleep(behaviour.trickle)
+
+        def _in_pieces(self):
+            self.wfile.write(self._head())
+            size = -(-len(behaviour.body) // behaviour.pieces)
+            for start in range(0, len(behaviour.body), size):
+                time.sleep(behaviour.delay)
+                self.wfile.write(behaviour.body[start : start + size])
+                self.wfile.flush()
 
         def log_message(self, *args):
             pass
@@ -110,3 +141,23 @@ def test_a_refused_connection_is_a_connection_error():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     assert reason_of(VllmSource(f"http://127.0.0.1:{port}")) == "connection"
+
+
+@pytest.mark.parametrize("head", [False, True], ids=["body", "whole-response"])
+def test_a_trickled_page_times_out_at_the_deadline_for_the_whole_read(server, head):
+    """A byte every 0.1 s never trips a per-read timeout; the one deadline for connect + headers
+    + body ends the read at 1 s all the same."""
+    behaviour, url = server
+    behaviour.trickle, behaviour.trickle_head = 0.1, head
+    source = VllmSource(url, timeout=1.0)
+    for _ in range(2):  # a second read gets its own full deadline
+        started = time.monotonic()
+        assert reason_of(source) == "timeout"
+        assert 0.9 <= time.monotonic() - started < 1.4
+    source.close()
+
+
+def test_a_page_that_arrives_in_slow_pieces_within_the_deadline_is_read_whole(server):
+    behaviour, url = server
+    behaviour.pieces, behaviour.delay = 8, 0.1  # 0.8 s in all, under a 2 s deadline
+    assert VllmSource(url, timeout=2.0, clock=lambda: 42.0).read().engines[0].generation_tokens == 1576
