@@ -55,3 +55,17 @@ def test_sighup_sigusr1_and_sigusr2_are_logged_and_never_kill(exporter_factory):
     assert ignored == ["SIGHUP", "SIGUSR1", "SIGUSR2", "SIGHUP"]
     status, seconds = exporter.stop_by(signal.SIGTERM)
     assert status == 0 and seconds < GRACE
+
+
+def test_sigterm_leaves_behind_a_read_that_outlasts_the_stop_time(exporter_factory):
+    """A read allowed 20 s (interval 30 s) is mid-trickle when SIGTERM comes: the process does not
+    wait for it, it closes what it can and exits within the grace, saying what it left behind."""
+    with Trickler() as vllm:
+        exporter = exporter_factory(vllm.url, "--interval", "30", "--vllm-timeout", "20")
+        exporter.wait_until(lambda: vllm.requests >= 1, 20, "a read under way")
+        time.sleep(0.5)
+        status, seconds = exporter.stop_by(signal.SIGTERM)
+    assert status == 0 and seconds < GRACE
+    logged = events(exporter.log())
+    assert "stop_abandons_tick" in [e["event"] for e in logged]
+    assert logged[-1]["event"] == "stopped" and logged[-1]["clean"] is False
