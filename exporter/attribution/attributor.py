@@ -86,6 +86,27 @@ class Attributor:
     def models(self) -> tuple[str, ...]:
         return self._models
 
+    def export_state(self) -> dict[str, object]:
+        """What the core has learned that a restart should not throw away: the fitted costs and
+        the idle-power samples (`exporter.state` keeps it in a file)."""
+        state: dict[str, object] = {"idle": self.idle.export_state()}
+        if self.estimator is not None:
+            state["estimator"] = self.estimator.export_state()
+        return state
+
+    def import_state(self, state: object, elapsed_seconds: float) -> None:
+        """Resume from `export_state`'s value. ValueError when any part is unusable; then nothing
+        is taken (the parts are checked before either is applied)."""
+        if not isinstance(state, dict):
+            raise ValueError("the state is not a mapping")
+        idle = IdlePowerEstimator(self.idle.prior_watts, self.idle.window, self.idle.min_samples)
+        idle.import_state(state.get("idle"))
+        if self.estimator is not None:
+            if "estimator" not in state:
+                raise ValueError("the state holds no fitted costs")
+            self.estimator.import_state(state["estimator"], elapsed_seconds)
+        self.idle = idle
+
     def tick(self, vllm: VllmSnapshot | None, energy: EnergySnapshot | None) -> TickResult:
         result = TickResult()
         if vllm is not None:

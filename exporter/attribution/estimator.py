@@ -151,6 +151,46 @@ class MarginalCostEstimator:
         value = sum(gi * base * ri for gi, base, ri in zip(g, self._base, self._r))
         return value * scale, math.sqrt(max(self.covariance(g, g), 0.0)) * scale
 
+    # -- what a restart keeps (exporter.state) ----------------------------------------------
+    def export_state(self) -> dict[str, object]:
+        """The posterior, relative to the prior it was fitted against (`base` names that prior:
+        a state fitted for another model or GPU is foreign). The open window is not kept."""
+        return {
+            "base": list(self._base),
+            "r": list(self._r),
+            "cov": [list(row) for row in self._cov],
+            "recent": list(self._recent),
+            "residual": self._residual,
+            "updates": self._updates,
+        }
+
+    def import_state(self, state: object, elapsed_seconds: float) -> None:
+        """Resume from `export_state`'s value, `elapsed_seconds` after it was taken: the pull back
+        to the prior runs over the gap, as if the exporter had seen no data in it. ValueError
+        when the state is malformed or was fitted against another prior; nothing changes then."""
+        if not isinstance(state, dict):
+            raise ValueError("the estimator's state is not a mapping")
+        n = len(DRIVERS)
+        base = _numbers(state.get("base"), n, "base")
+        if any(not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-300) for a, b in zip(base, self._base)):
+            raise ValueError("fitted against another prior (model, GPU or settings changed)")
+        r = _numbers(state.get("r"), n, "r")
+        rows = state.get("cov")
+        if not isinstance(rows, list) or len(rows) != n:
+            raise ValueError("cov must be a square matrix of the drivers")
+        cov = [_numbers(row, n, "cov") for row in rows]
+        if any(cov[i][i] < 0 or cov[i][j] != cov[j][i] for i in range(n) for j in range(n)):
+            raise ValueError("cov must be symmetric with a non-negative diagonal")
+        recent = _numbers(state.get("recent"), n, "recent")
+        residual, updates = state.get("residual"), state.get("updates")
+        if not _finite(residual) or not isinstance(updates, int) or isinstance(updates, bool) or updates < 0:
+            raise ValueError("residual and updates must be a finite number and a count")
+        assert isinstance(residual, (int, float))
+        self._r, self._cov, self._recent = r, cov, recent
+        self._residual, self._updates = float(residual), updates
+        if elapsed_seconds > 0:
+            self._revert(elapsed_seconds)
+
     # -- learning --------------------------------------------------------------------------
     def observe(self, dynamic_joules: float, seconds: float, work: Work, exact: bool = False) -> bool:
         """Add one interval (energy above idle, which may be negative by noise); True when a
@@ -214,3 +254,13 @@ class MarginalCostEstimator:
         ratio = abs(y - fitted) / max(abs(y), 1e-9)
         self._residual = ratio if self._updates == 0 else 0.9 * self._residual + 0.1 * ratio
         self._updates += 1
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _numbers(value: object, n: int, name: str) -> list[float]:
+    if not isinstance(value, list) or len(value) != n or not all(_finite(x) for x in value):
+        raise ValueError(f"{name} must be {n} finite numbers")
+    return [float(x) for x in value]
