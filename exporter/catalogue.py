@@ -334,10 +334,13 @@ CATALOGUE = Catalogue((
     ),
     Family(
         "source_errors_total", Kind.COUNTER, ("source", "reason"),
-        "Failed reads by source and cause.",
+        "Failed reads, and samples or counters left out of a read, by source and cause.",
         lambda v, c: v.source_errors.items(),
-        readme="failed reads by cause (`connection`, `timeout`, `http_status`, `too_large`, `parse`, `nvml_*`, "
-        "`internal`); the known vLLM causes start at 0",
+        readme="failed reads by cause (`connection`, `timeout`, `http_status`, `too_large`, `parse`, `truncated`, "
+        "`nvml_*`, `internal`), and what a read that counted left out: `bad_value` (a value no counter can hold), "
+        "`duplicate_series`, `counter_decrease` and `counter_leap` (a glitch: counted nothing), `counter_missing` "
+        "(an engine held until the counter returns), `model_limit` (an engine counted under `model_name=\"other\"`); "
+        "the known vLLM causes start at 0",
     ),
     Family(
         "counter_resets_total", Kind.COUNTER, ("source",),

@@ -32,6 +32,7 @@ KNOWN_ERRORS = (
     ("vllm", "counter_decrease"),
     ("vllm", "counter_leap"),
     ("vllm", "counter_missing"),
+    ("vllm", "model_limit"),
     ("energy", "internal"),
     ("exporter", "internal"),
 )
