@@ -15,8 +15,9 @@ from collections.abc import Mapping
 MASK = "***"
 
 # A URL inside free text (an error message, a log line): a scheme, "://" and everything up to
-# the first blank, quote or angle bracket.
-_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>`]+")
+# the first blank, quote or angle bracket, less the punctuation that ends a clause ("cannot read
+# http://host/metrics?token=abc: refused" ends the token before the colon).
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>`]*[^\s\"'<>`.,;:!?)}]")
 # Where the authority (user information, host, port) ends, as urlsplit and WHATWG parse it.
 _AUTHORITY_END = re.compile(r"[/?#]")
 # A parameter: its separator, its name and its value, in a query or a fragment.

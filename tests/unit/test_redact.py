@@ -114,3 +114,10 @@ def test_values_of_every_shape():
     assert redact_value(path) is path
     Pair = namedtuple("Pair", "a b")
     assert redact_value(Pair(secret, 1)) == f"Pair(a='{shown}', b=1)"
+
+
+def test_punctuation_after_a_url_in_text_stays_text():
+    assert redact_text("cannot read http://h/m?token=abc: refused") == "cannot read http://h/m?token=***: refused"
+    assert redact_text("see http://u:p@h/m.") == "see http://u:***@h/m."
+    assert redact_text("(at http://u:p@[::1]), retrying") == "(at http://u:***@[::1]), retrying"
+    assert redact_text("http://u:p@h:8000, http://v:q@k:8000;") == "http://u:***@h:8000, http://v:***@k:8000;"
