@@ -372,9 +372,13 @@ def check_url(value: str, *, base: bool) -> None:
     _no_blank_or_control(value)
     try:
         parts = urlsplit(value)
+    except ValueError:  # an unclosed or malformed [IPv6] host
+        raise ValueError("must be an http:// or https:// URL with a host (malformed [IPv6] host)") from None
+    try:
         _ = parts.port  # raises on a port that is not a number in range
-    except ValueError as err:
-        raise ValueError(f"must be an http:// or https:// URL with a host ({err})") from None
+    except ValueError as err:  # its text repeats the port, which may be part of a password: not shown
+        problem = "out of range 0-65535" if "range" in str(err) else "not a number"
+        raise ValueError(f"must be an http:// or https:// URL with a valid port (the port is {problem})") from None
     if parts.scheme not in ("http", "https"):
         scheme = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
         raise ValueError(f"must be an http:// or https:// URL with a host ({scheme})")

@@ -322,3 +322,30 @@ def test_every_variable_the_plugin_reads_is_known():
     assert used, "no plugin variables found"
     assert not unknown_environment(dict.fromkeys(used, "")), "add the plugin's new variable to OTHER_VARIABLES"
     assert all(name.isupper() for name in OTHER_VARIABLES)
+
+
+# --- URLs in errors -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://admin:hun/ter2@vllm:8000",  # a "/" in the password: the port reads "hun"
+        "http://admin:hunter2@vllm:99999",
+        "http://admin:hunter2@[::1:8000",
+        "ftp://admin:hunter2@vllm",
+        "http://admin:hunter2@vllm:8000/#x",
+        "http://admin:hunter2 @vllm:8000",
+        "http://admin:hunter2@vllm:8000/?token=hunter2",
+    ],
+)
+@pytest.mark.parametrize("field", URLS)
+def test_a_url_error_never_shows_the_password(field, url):
+    extra = {"gpus": "GPU-1"} if field == "dcgm_url" else {}
+    try:
+        Settings(**{field: url}, **extra)
+    except ValidationError as err:
+        lines = describe_errors(err)
+    else:
+        return  # dcgm_url may have a query
+    assert lines and not any("hun" in line for line in lines), lines
