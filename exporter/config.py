@@ -19,6 +19,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from exporter.attribution.gpu_table import GPU_TABLE, lookup
+from exporter.redact import redact_url
 from exporter.sources.energy import EnergyMode, EnergyOptions
 from exporter.sources.gpu_discovery import parse_gpu_list
 
@@ -327,6 +328,16 @@ class Settings(BaseSettings):
         if self.gpu_hourly_price > 0 and not self.electricity_with_rental:
             return "excluded"
         return "counted"
+
+    @property
+    def vllm_url_display(self) -> str:
+        """vLLM's URL as a page or a log line may show it: without its password (exporter.redact)."""
+        return redact_url(self.vllm_url)
+
+    @property
+    def dcgm_url_display(self) -> str | None:
+        """dcgm-exporter's URL as a page or a log line may show it: without its password."""
+        return None if self.dcgm_url is None else redact_url(self.dcgm_url)
 
     @property
     def effective_vllm_timeout(self) -> float:

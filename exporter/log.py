@@ -1,4 +1,5 @@
-"""structlog set-up: JSON lines for containers, a console renderer for people."""
+"""structlog set-up: JSON lines for containers, a console renderer for people; no line carries
+the password of a URL (exporter.redact), whoever wrote it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import logging
 import sys
 
 import structlog
-from structlog.typing import FilteringBoundLogger
+from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
+
+from exporter.redact import redact_value
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -20,12 +23,20 @@ def configure(log_format: str = "json", level: str = "info") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_secrets,  # after the traceback is text, so its URLs are redacted too
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def redact_secrets(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """The credentials of every URL in the event become *** (exporter.redact): in its text, in
+    every value, in a formatted traceback. A source's error message may hold the URL it read, with
+    the password it was given, so this cannot be left to the places that log."""
+    return {key: redact_value(value) for key, value in event_dict.items()}
 
 
 def get_logger(**context: object) -> FilteringBoundLogger:

@@ -1,12 +1,21 @@
 """Settings as users give them to the real command (`python -m exporter run` in a child process):
 a config file that is not there, a number that is not finite, a URL that is not usable all stop
-start-up with exit status 2 and one line naming the setting, and no password in it."""
+start-up with exit status 2 and one line naming the setting, and no password in it. Once running,
+neither the landing page nor a log line shows the password of vLLM's URL, and a TOKEN_ECONOMY_*
+variable no setting reads is warned about once."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
+
+import httpx
+
+from tests.e2e.vllm_server import HOST, free_port
 
 PREFIX = "token-economy-exporter: error: "
 
@@ -58,3 +67,31 @@ def test_a_url_with_a_trailing_newline_exits_2_without_showing_its_password():
 def test_idle_min_samples_above_idle_window_exits_2():
     result = run_cli("--idle-window", "10", "--idle-min-samples", "20")
     assert result.returncode == 2 and "setting idle_min_samples" in result.stderr
+
+
+def test_no_password_on_the_landing_page_or_in_the_log_and_unknown_variables_warned_once(tmp_path):
+    port, closed = free_port(), free_port()  # vLLM's URL names a port nothing listens on
+    log_path = tmp_path / "exporter.log"
+    environ = {k: v for k, v in os.environ.items() if not k.upper().startswith("TOKEN_ECONOMY_")}
+    environ.update(TOKEN_ECONOMY_INTERVALL="3", PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "exporter", "run", "--energy-source", "phase-model", "--interval", "0.2"]
+    command += ["--vllm-url", f"http://admin:hunter2@{HOST}:{closed}/", "--listen-address", f"{HOST}:{port}"]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environ)
+    try:
+        deadline = time.monotonic() + 30
+        page = None
+        while page is None or "source_lost" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            try:
+                page = httpx.get(f"http://{HOST}:{port}/", timeout=1.0).text
+            except httpx.HTTPError:
+                time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    assert f"http://admin:***@{HOST}:{closed}" in page and "hunter2" not in page
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert not any("hunter2" in json.dumps(line) for line in lines)
+    (warning,) = [line for line in lines if line["event"] == "unknown_environment_variable"]
+    assert warning["variable"] == "TOKEN_ECONOMY_INTERVALL" and warning["did_you_mean"] == "TOKEN_ECONOMY_INTERVAL"

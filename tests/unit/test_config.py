@@ -324,7 +324,18 @@ def test_every_variable_the_plugin_reads_is_known():
     assert all(name.isupper() for name in OTHER_VARIABLES)
 
 
-# --- URLs in errors -------------------------------------------------------------------------------
+# --- URLs as shown -------------------------------------------------------------------------------
+
+
+def test_urls_are_shown_without_their_password():
+    s = Settings(
+        vllm_url="http://admin:hunter2@[::1]:8000/", dcgm_url="https://dcgm:9400/metrics?token=abc", gpus="GPU-1"
+    )
+    assert s.vllm_url == "http://admin:hunter2@[::1]:8000"  # what the exporter reads, as given
+    assert s.vllm_url_display == "http://admin:***@[::1]:8000"
+    assert s.dcgm_url_display == "https://dcgm:9400/metrics?token=***"
+    assert Settings().vllm_url_display == "http://127.0.0.1:8000"
+    assert Settings().dcgm_url_display is None
 
 
 @pytest.mark.parametrize(
@@ -349,3 +360,12 @@ def test_a_url_error_never_shows_the_password(field, url):
     else:
         return  # dcgm_url may have a query
     assert lines and not any("hun" in line for line in lines), lines
+
+
+def test_a_start_up_error_never_shows_a_password(capsys):
+    """A source's start-up error may name the URL it could not read (dcgm-exporter's, say)."""
+    from exporter.cli import _fail
+
+    assert _fail(["energy_source: cannot read http://admin:hunter2@dcgm:9400/metrics?token=s3cr3t: refused"]) == 2
+    shown = "energy_source: cannot read http://admin:***@dcgm:9400/metrics?token=***: refused"
+    assert capsys.readouterr().err == f"token-economy-exporter: error: {shown}\n"
