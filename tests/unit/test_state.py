@@ -109,4 +109,3 @@ def test_an_unusable_state_changes_nothing(spoil):
     with pytest.raises(ValueError):
         fresh.import_state(state, 0.0)
     assert (fresh.estimator.coefficients, fresh.idle.watts) == untouched
-
