@@ -22,6 +22,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
@@ -54,10 +55,17 @@ class Signals:
         self.stop = threading.Event()
         self._received: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._running = False
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         for sig in (*STOP_SIGNALS, *IGNORED_SIGNALS):
-            signal.signal(sig, self.handle)
+            self._previous[sig] = signal.signal(sig, self.handle)
+
+    def restore(self) -> None:
+        """The handlers from before `install` (main() may run inside another program, a test)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        self._previous.clear()
 
     def handle(self, signum: int, frame: FrameType | None = None) -> None:
         if not self._running and signum in STOP_SIGNALS:
@@ -145,11 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     signals = Signals()
     signals.install()  # before the sources open: a SIGHUP during start-up must not kill either
     try:
-        app = build(settings)
-    except StartupError as err:
-        return _fail([str(err)])
-
-    if not app.run(signals.serve(app.log)):
+        try:
+            app = build(settings)
+        except StartupError as err:
+            return _fail([str(err)])
+        clean = app.run(signals.serve(app.log))
+    finally:
+        signals.restore()
+    if not clean:
         # A thread is stuck in a read or a close that will not return: do not wait for it at exit.
         sys.stdout.flush()
         sys.stderr.flush()

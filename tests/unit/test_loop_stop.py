@@ -137,13 +137,22 @@ def test_the_signals_are_sorted_into_stop_and_ignore():
     assert set(IGNORED_SIGNALS) == {signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
 
 
-def test_install_handles_every_one_of_them(monkeypatch):
-    installed = {}
-    monkeypatch.setattr(signal, "signal", lambda sig, handler: installed.__setitem__(sig, handler))
+def test_install_handles_every_one_of_them_and_restore_puts_back_what_was_there(monkeypatch):
+    before = {sig: f"handler of {sig.name}" for sig in (*STOP_SIGNALS, *IGNORED_SIGNALS)}
+    before[signal.SIGUSR2] = None  # a handler set outside Python
+    installed = dict(before)
+
+    def swap(sig, handler):
+        previous, installed[sig] = installed[sig], handler
+        return previous
+
+    monkeypatch.setattr(signal, "signal", swap)
     signals = Signals()
     signals.install()
     assert set(installed) == {*STOP_SIGNALS, *IGNORED_SIGNALS}
     assert all(handler == signals.handle for handler in installed.values())
+    signals.restore()
+    assert installed == {**before, signal.SIGUSR2: signal.SIG_DFL}
 
 
 def wait_for(predicate, seconds: float = 2.0) -> None:
