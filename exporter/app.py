@@ -3,6 +3,7 @@ that knows the settings and every layer; each layer it builds takes plain values
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -22,7 +23,16 @@ from exporter.attribution.model_spec import ModelSpec
 from exporter.attribution.pricing import Prices
 from exporter.attribution.prior import Prior, roofline_prior
 from exporter.collector import LedgerCollector
-from exporter.config import Estimator, Settings, StaticPowerPolicy, StepCostPolicy, env_name, flag_name
+from exporter.config import (
+    Estimator,
+    Settings,
+    StaticPowerPolicy,
+    StepCostPolicy,
+    closest_variable,
+    env_name,
+    flag_name,
+    unknown_environment,
+)
 from exporter.ledger import Ledger
 from exporter.loop import CollectionLoop
 from exporter.server import HttpServer, MetricsCache, Routes
@@ -239,6 +249,8 @@ def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpe
     """`energy` and `model` replace what the settings would open (the simulator passes its own)."""
     logging_setup.configure(settings.log_format.value, settings.log_level)
     log = logging_setup.get_logger()
+    for name in unknown_environment(os.environ):  # pydantic-settings ignores them silently
+        log.warning("unknown_environment_variable", variable=name, did_you_mean=closest_variable(name))
     energy = energy or _open_energy(settings, log)
     model = model or resolve_model(settings.model_dir, settings.model_params, settings.bytes_per_param)
     attributor = make_attributor(settings, energy.gpu_spec, energy.gpu_count, model, log)
@@ -251,7 +263,7 @@ def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpe
     routes = Routes(
         MetricsCache(registry, ledger),
         ledger,
-        settings.vllm_url,
+        settings.vllm_url_display,
         energy.mode,
         stale_after_seconds=stale_after_seconds(settings.interval),
     )

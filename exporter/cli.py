@@ -37,6 +37,7 @@ from exporter.config import (
     flag_name,
     load_settings,
 )
+from exporter.redact import redact_text
 
 EXIT_USAGE = 2
 
@@ -126,7 +127,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _fail(lines: Sequence[str]) -> int:
     for line in lines:
-        print(f"token-economy-exporter: error: {line}", file=sys.stderr)
+        # A source's start-up error may name the URL it could not read, password and all.
+        print(f"token-economy-exporter: error: {redact_text(line)}", file=sys.stderr)
     return EXIT_USAGE
 
 
