@@ -93,6 +93,7 @@ class AbandonableCalls:
         self._thread: threading.Thread | None = None
         self._stuck: _Call[Any] | None = None
         self._one_at_a_time = threading.Lock()
+        self.cpu_seconds = 0.0  # CPU time the calls took on the worker thread (for the plugin's own count)
 
     @property
     def stuck_seconds(self) -> float | None:
@@ -124,10 +125,12 @@ class AbandonableCalls:
 
     def _serve(self) -> None:
         while (job := self._calls.get()) is not None:
+            started = time.thread_time()
             try:
                 job.result = job.fn()
             except BaseException as err:  # handed to the caller, who decides
                 job.error = err
+            self.cpu_seconds += time.thread_time() - started
             job.done.set()
 
     def close(self) -> None:
@@ -354,6 +357,12 @@ class NvmlEnergySource:
     def power_sample_counts(self) -> dict[int, int]:
         with self._lock:
             return {index: integral.samples for index, integral in self._integrals.items()}
+
+    @property
+    def read_cpu_seconds(self) -> float:
+        """CPU time `read()` has spent on its worker thread, which the caller's own thread_time
+        no longer sees (the plugin counts its thread's CPU and should add this)."""
+        return self._calls.cpu_seconds
 
     @property
     def sampler_running(self) -> bool:

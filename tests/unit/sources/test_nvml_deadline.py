@@ -100,6 +100,7 @@ def test_reads_run_on_one_long_lived_thread():
     for _ in range(20):
         source.read()
     assert len(threads) == 20 and len(set(threads)) == 1
+    assert source.read_cpu_seconds > 0  # what the reads cost on the worker, for the plugin's own CPU count
     assert threads[0] is not threading.current_thread() and threads[0].daemon and threads[0].name == "nvml-reads"
     source.close()
 
