@@ -208,7 +208,9 @@ MAX_HEAD = 16 * 1024  # a scrape's head is a few hundred bytes
 MAX_HEADERS = 64
 MAX_BODY = 16 * 1024  # read and thrown away; a scraper sends none
 _REQUEST_LINE = re.compile(rb"([A-Z]{1,16}) (/[\x21-\x7e]*|\*) HTTP/1\.([0-9])\r\n")
-_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*\r\n")
+# Linear-time patterns only: a head is the client's, and a backtracking pattern is a CPU bomb.
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # anything but HTAB below a space, and DEL
 
 
 def max_connections_for(nofile: int) -> int:
@@ -256,11 +258,13 @@ def parse_request_line(line: bytes) -> Request:
 
 def add_header(request: Request, line: bytes) -> None:
     """One `name: value` line into the request; repeated body framing is BadRequest (smuggling)."""
-    match = _HEADER_LINE.fullmatch(line)
-    if match is None:
+    raw_name, colon, raw_value = line.partition(b":")
+    if not colon or not line.endswith(b"\r\n") or _TOKEN.fullmatch(raw_name) is None:
         raise BadRequest(400, "header_line")
-    name = match.group(1).decode("ascii").lower()
-    value = match.group(2).decode("latin-1")
+    raw_value = raw_value[:-2].strip(b" \t")
+    if _CONTROL.search(raw_value):
+        raise BadRequest(400, "header_line")
+    name, value = raw_name.decode("ascii").lower(), raw_value.decode("latin-1")
     if name in request.headers:
         if name in ("content-length", "transfer-encoding", "host"):
             raise BadRequest(400, "duplicate_framing")

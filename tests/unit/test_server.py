@@ -193,3 +193,18 @@ def test_readyz_without_a_bound_ignores_the_clock():
     _, ledger = _registry_and_ledger()
     assert _routes(ledger, [1e12]).answer("/readyz", {})[0] == 200
     assert _routes(Ledger(), [0.0], stale_after=30.0).answer("/readyz", {})[0] == 503
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"X: " + b" " * 16000 + b"\x01\r\n",
+        b"X: " + b"a " * 8000 + b"\x01\r\n",
+        b"X" * 16000 + b"\x01: a\r\n",
+    ],
+)
+def test_a_hostile_header_line_is_refused_in_one_pass(line):
+    # A backtracking pattern took minutes of the event loop on these; the parser is linear, so
+    # this test ends at once (it would hang rather than fail, were that to come back).
+    with pytest.raises(BadRequest):
+        add_header(parse_request_line(b"GET / HTTP/1.1\r\n"), line)
