@@ -65,9 +65,10 @@ def _version(params: Mapping[str, str]) -> tuple[int, ...] | None:
 
 def _quality(params: Mapping[str, str]) -> float:
     try:
-        return float(params.get("q", "1"))
+        q = float(params.get("q", "1"))
     except ValueError:
         return 0.0  # an unreadable weight is no acceptance
+    return q if 0.0 <= q <= 1.0 else 0.0  # nor is one out of range (nan, inf, negative)
 
 
 def metrics_format(accept: str) -> int:

@@ -66,6 +66,8 @@ def test_accept_is_reduced_to_a_known_format(accept, expected):
         ("*;q=0", False),
         ("gzip;q=0, *", False),  # named beats the wildcard
         ("gzip;q=nonsense", False),
+        ("gzip;q=nan", False),
+        ("gzip;q=inf", False),
         ("identity", False),
     ],
 )
