@@ -359,6 +359,7 @@ class Settings(BaseSettings):
             dcgm_pod=self.dcgm_pod,
             dcgm_namespace=self.dcgm_namespace,
             dcgm_timeout=min(2.0, 0.8 * self.interval),
+            nvml_timeout=min(1.0, 0.8 * self.interval),
         )
 
 

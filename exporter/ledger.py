@@ -34,6 +34,8 @@ KNOWN_ERRORS = (
     ("vllm", "counter_missing"),
     ("vllm", "model_limit"),
     ("energy", "internal"),
+    ("energy", "timeout"),
+    ("energy", "nvml_hung"),
     ("exporter", "internal"),
 )
 SOURCES = ("vllm", "energy")

@@ -125,8 +125,12 @@ class Runtime:
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.thread_time()
+            reads = self._source.read_cpu_seconds if self._source is not None else 0.0
             self.publish_once()
-            self._cpu += time.thread_time() - started
+            # NVML reads run on the source's worker thread, which this thread's time does not see.
+            source = self._source
+            after = source.read_cpu_seconds if source is not None else 0.0
+            self._cpu += time.thread_time() - started + max(after - reads, 0.0)
             self._stop.wait(self.config.publish_seconds)
 
     def publish_once(self) -> None:

@@ -68,6 +68,7 @@ class EnergyOptions:
     dcgm_namespace: str | None = None
     dcgm_timeout: float = 2.0  # seconds for one read of the page
     dcgm_open_wait: float = DEFAULT_OPEN_WAIT  # seconds to wait at start-up for this pod's GPUs on the page
+    nvml_timeout: float = 1.0  # seconds a tick waits for NVML before the read counts as a timeout
 
 
 class EnergySourceError(Exception):
@@ -128,7 +129,9 @@ def open_energy_source(
     try:
         module = _import_pynvml(pynvml_module)
         selection = _select(options, environ, proc, lambda: _visible_count(module), log)
-        source = NvmlEnergySource(module, selection.gpus, options.power_sample_hz, clock)
+        source = NvmlEnergySource(
+            module, selection.gpus, options.power_sample_hz, clock, read_timeout=options.nvml_timeout
+        )
     except NvmlUnavailable as err:
         if wanted is EnergyMode.NVML:
             raise EnergySourceError(
