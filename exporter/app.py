@@ -20,6 +20,7 @@ from exporter.attribution.estimator import EstimatorSettings, MarginalCostEstima
 from exporter.attribution.gpu_table import GpuSpec
 from exporter.attribution.idle import IdlePowerEstimator
 from exporter.attribution.model_spec import ModelSpec
+from exporter.attribution.models import ModelRoster
 from exporter.attribution.pricing import Prices
 from exporter.attribution.prior import Prior, roofline_prior
 from exporter.collector import LedgerCollector
@@ -40,6 +41,7 @@ from exporter.sources.energy import EnergyMode, EnergySetup, EnergySource, Energ
 from exporter.sources.model_config import resolve_model
 from exporter.sources.plugin import PluginDirectory, PluginEnergy, WorkReader
 from exporter.sources.vllm import VllmSource
+from exporter.state import StateFile
 
 EXPLICIT_WEIGHTS = (
     "input_joules_per_token",
@@ -203,6 +205,7 @@ def make_attributor(
         ),
         limit_watts_total=max(settings.prefill_watts or 0.0, gpu.board_limit_watts) * gpu_count,
         estimator=_estimator(settings, prior),
+        roster=ModelRoster(settings.max_models, settings.model_expiry_seconds),
     )
 
 
@@ -271,8 +274,38 @@ def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpe
 
     work = _work_reader(settings)
     energy_reader = _energy_reader(EnergyMode(settings.energy_source), work, energy.source)
-    loop = CollectionLoop(work, energy_reader, attributor, ledger, log, settings.interval)
+    keeper = _resume(settings, attributor, energy, model, log)
+    loop = CollectionLoop(work, energy_reader, attributor, ledger, log, settings.interval, keeper=keeper)
     return App(loop, server, [work.close, energy_reader.close], log, ledger, attributor)
+
+
+def _resume(
+    settings: Settings, attributor: Attributor, energy: EnergySetup, model: ModelSpec, log: FilteringBoundLogger
+) -> Callable[[dict[str, object]], None] | None:
+    """With a state file, resume what an earlier run learned (when it is this exporter's, for this
+    GPU and model, and recent), and return what keeps it after each fit."""
+    if settings.state_file is None:
+        return None
+    identity: dict[str, str | float] = {
+        "version": __version__,
+        "gpu": energy.gpu_spec.key,
+        "gpus": float(energy.gpu_count),
+        "model_params": model.active_params,
+        "weight_bytes": model.weight_bytes,
+        "estimator": settings.estimator.value,
+    }
+    # Beyond ten time constants of the pull back to the prior, nothing of the fit is left anyway.
+    state = StateFile(settings.state_file, identity, max_age_seconds=10 * settings.prior_reversion_seconds)
+    loaded = state.load()
+    try:
+        if loaded.core is not None:
+            attributor.import_state(loaded.core, loaded.age_seconds)
+            log.info("state_resumed", path=str(state.path), age_seconds=round(loaded.age_seconds, 1))
+        elif loaded.reason != "absent":
+            log.warning("state_not_resumed", path=str(state.path), reason=loaded.reason)
+    except ValueError as err:
+        log.warning("state_not_resumed", path=str(state.path), reason=f"corrupt: {err}")
+    return state.save
 
 
 def _work_reader(settings: Settings) -> WorkReader:

@@ -165,6 +165,17 @@ class Settings(BaseSettings):
     )
     pue: float = Field(1.0, ge=1, le=5, description="Data-centre power usage effectiveness.")
     grid_carbon_intensity: float = Field(0.0, ge=0, le=5000, description="Grams CO2e per kWh drawn from the grid.")
+    state_file: Path | None = Field(
+        None,
+        description="File that keeps the fitted costs and the idle power across restarts (an emptyDir in "
+        "Kubernetes); written atomically after each fit.",
+    )
+    max_models: int = Field(
+        64, ge=1, le=10_000, description="Models followed at once; engines of further models count as model 'other'."
+    )
+    model_expiry_seconds: float = Field(
+        3600.0, ge=60, le=30 * 86400, description="A model not seen for this long leaves the exposition."
+    )
     log_format: LogFormat = Field(LogFormat.JSON, description="json or console.")
     log_level: str = Field("info", description="debug, info, warning or error.")
 
@@ -220,7 +231,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with /")
         return value
 
-    @field_validator("plugin_dir", "model_dir")
+    @field_validator("plugin_dir", "model_dir", "state_file")
     @classmethod
     def _directory(cls, value: Path | None) -> Path | None:
         if value is not None:
@@ -427,6 +438,7 @@ COMPUTED_DEFAULTS = {
     "gpu_type": "from NVML, else H100",
     "gpu_count": "the GPUs found, else 1",
     "plugin_dir": "none (read vLLM's page)",
+    "state_file": "none (start from the prior)",
     "dcgm_url": "none",
     "dcgm_pod": "none",
     "dcgm_namespace": "none",

@@ -37,7 +37,10 @@ class CollectionLoop:
         interval: float,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        keeper: Callable[[dict[str, object]], None] | None = None,
     ) -> None:
+        """`keeper`: given the core's state after each tick in which its costs were fitted again
+        (the state file's `save`); a failure is logged once per episode and costs nothing else."""
         self._vllm = vllm
         self._energy = energy
         self._attributor = attributor
@@ -46,7 +49,10 @@ class CollectionLoop:
         self._interval = interval
         self._clock = clock
         self._wall = wall_clock
-        self._episodes = {name: Episode(log, name) for name in ("vllm", "energy", "exporter")}
+        self._episodes = {name: Episode(log, name) for name in ("vllm", "energy", "exporter", "state")}
+        self._keeper = keeper
+        self._kept_fits = 0
+        self._overflow_logged = False
         self._gpu_episodes: dict[str, Episode] = {}
         self._missing_reported: frozenset[str] | None = None
         self._late_ticks = 0
@@ -80,8 +86,28 @@ class CollectionLoop:
                 energy_modelled=modelled,
             )
         )
+        self._keep(result)
+
+    def _keep(self, result: TickResult) -> None:
+        """Hand the core's state to the keeper when its costs were fitted again (at most every fit)."""
+        if self._keeper is None or result.fits <= self._kept_fits:
+            return
+        self._kept_fits = result.fits
+        try:
+            self._keeper(self._attributor.export_state())
+        except (OSError, ValueError) as err:
+            self._episodes["state"].failed("write", repr(err))
+        else:
+            self._episodes["state"].succeeded()
 
     def _log_resets(self, result: TickResult) -> None:
+        if not self._overflow_logged and ("vllm", "model_limit") in result.errors:
+            self._overflow_logged = True
+            self._log.warning(
+                "model_limit_reached",
+                engines=result.errors[("vllm", "model_limit")],
+                effect="engines of further models are counted under model_name=other (see --max-models)",
+            )
         if result.vllm_resets:
             self._log.warning("counter_reset", source="vllm", engines=result.vllm_resets)
         if result.energy_resets:

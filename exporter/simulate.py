@@ -10,6 +10,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -84,6 +85,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--gpu-hourly-price", type=float, default=3.0, help="rental price of one GPU-hour")
     arg("--currency", default="USD", help="ISO 4217 code of the price")
     arg(
+        "--state-file",
+        type=Path,
+        default=None,
+        help="keep the fitted costs in this file and resume from it, as `run --state-file` does",
+    )
+    arg(
         "--plugin",
         action="store_true",
         help="the simulated vLLM runs the token-economy plugin: its page carries the plugin's families and "
@@ -111,6 +118,7 @@ def _settings(args: argparse.Namespace, page: MetricsServer) -> Settings:
         log_level="warning",
         # The fit window is virtual time (the energy readings carry it).
         fit_window_seconds=max(30.0, 5 * args.interval * args.speed),
+        state_file=args.state_file,
     )
 
 

@@ -96,7 +96,10 @@ def test_garbage_is_a_typed_parse_error(text):
 @pytest.mark.parametrize("cut", [1, 7, 40, 80])
 def test_a_page_cut_short_is_rejected_not_read_as_smaller_counters(cut):
     # Cut mid-number, "...generation_tokens_total{...} 12345" would read as 12: a restart.
-    page = 'vllm:prompt_tokens_total{model_name="m",engine="0"} 100\nvllm:generation_tokens_total{model_name="m",engine="0"} 12345\n'
+    page = (
+        'vllm:prompt_tokens_total{model_name="m",engine="0"} 100\n'
+        'vllm:generation_tokens_total{model_name="m",engine="0"} 12345\n'
+    )
     with pytest.raises(SourceError) as err:
         parse(page[: len(page) - cut], 0)
     assert err.value.reason == "truncated"
