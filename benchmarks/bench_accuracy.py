@@ -179,13 +179,26 @@ def print_cases(results: list[tuple[Case, Evaluation]], failures: list[str]) -> 
         check_case(case, r, failures)
 
 
+# The targets: allocated input and output energy of well-mixed load within these of the oracle,
+# by path and truth, and with the plugin a time to trust within 2 minutes.
+LIMITS = {
+    ("plugin", "component"): 0.03,
+    ("plugin", "phase"): 0.05,
+    ("counters", "component"): 0.05,
+    ("counters", "phase"): 0.10,
+}
+TRUST_LIMIT_SECONDS = 120.0
+
+
 def check_case(case: Case, r: Evaluation, failures: list[str]) -> None:
     where = f"{case.name}/{case.truth}/{case.path}/{case.interval:g}s"
     expected = "plugin" if case.path == "plugin" else "vllm"
     if r.work_origin != expected:
         failures.append(f"{where} read its work from {r.work_origin or 'nowhere'}, not {expected}")
     if case.name == "well_mixed":
-        limit = 0.05 if case.truth == "component" else 0.10
+        limit = LIMITS[(case.path, case.truth)]
+        if case.path == "plugin" and not (r.trust_seconds is not None and r.trust_seconds <= TRUST_LIMIT_SECONDS):
+            failures.append(f"{where} time to trust {fmt_minutes(r.trust_seconds)} (limit 2 min)")
         for cls in ("input", "output"):
             if not abs(r.share_error(cls)) <= limit:
                 failures.append(f"{where} {cls} {fmt(r.share_error(cls))}")

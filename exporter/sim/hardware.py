@@ -14,8 +14,9 @@ does not depend on n; time does.
 
 Ground truth "phase" (B): constant power per GPU by phase: a step with any prefill token at
 prefill_watts, a pure decode step at decode_watts, no step at idle_watts. A mixed step is split
-by the product's convention (`_shapley`): each part pays its own time at its own phase's power,
-and the rest is shared equally.
+by the product's convention (`_shapley`): each part pays its own time (its own FLOPs and bytes at
+the roofline's rates, as if it ran alone) at its own phase's power, and the rest, of either sign,
+is shared equally.
 
 The default efficiencies and overhead are deliberately not the exporter's defaults (0.5, 0.7,
 2 ms), so that a prior built from those is 10-15 % off and a fit has something to find.
@@ -139,7 +140,7 @@ class HardwareModel:
         share_cached = tau_cached / tau
         if self._phase:
             energy = (self.prefill_watts_total if prefill > 0 else self.decode_watts_total) * seconds
-            e_in, e_cached = self._shapley(energy, seconds, share_in, share_cached)
+            e_in, e_cached = self._shapley(energy, tau_in + tau_cached, tau, share_in, share_cached)
             ts_in, ts_cached = energy * share_in, energy * share_cached
         else:
             static = self.idle_watts_total * seconds
@@ -172,19 +173,25 @@ class HardwareModel:
             ts_cached,
         )
 
-    def _shapley(self, energy: float, seconds: float, share_in: float, share_cached: float) -> tuple[float, float]:
+    def _shapley(
+        self, energy: float, own_prefill: float, own_total: float, share_in: float, share_cached: float
+    ) -> tuple[float, float]:
         """The product's convention for a step, in the phase world: the prefill part (input and
-        cached input) and the decode part (output, with the per-step overhead) each pay their
-        own time at their own phase's power, and what the step draws beyond the sum of those
-        (the interaction, of either sign) is shared equally. Returns (input, cached) energy;
-        output takes the rest. A step without prefill is all decode's."""
+        cached input) and the decode part (output, with the weight stream and the overhead, as
+        `--step-cost-policy output` places them) each pay their own time at their own phase's
+        power, and what the step draws beyond the sum of those (the interaction) is shared
+        equally. A part's own time is what its own FLOPs and bytes take at the roofline's rates
+        (`own_prefill`, and `own_total` less it for decode), as the product's time model counts
+        them: the step is shorter than their sum where compute and memory traffic overlap, so the
+        interaction is negative there and positive where the step's prefill power lifts the
+        decode part's draw. Returns (input, cached) energy; output takes the rest. A step
+        without prefill is all decode's."""
         share_prefill = share_in + share_cached
         if share_prefill <= 0:
             return 0.0, 0.0
-        s_prefill = seconds * share_prefill
-        own_prefill = self.prefill_watts_total * s_prefill
-        own_decode = self.decode_watts_total * (seconds - s_prefill)
-        prefill = own_prefill + 0.5 * (energy - own_prefill - own_decode)
+        own_prefill_joules = self.prefill_watts_total * own_prefill
+        own_decode_joules = self.decode_watts_total * (own_total - own_prefill)
+        prefill = own_prefill_joules + 0.5 * (energy - own_prefill_joules - own_decode_joules)
         return prefill * share_in / share_prefill, prefill * share_cached / share_prefill
 
     def marginal_coefficients(self) -> Coefficients:

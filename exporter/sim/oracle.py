@@ -20,9 +20,12 @@ Semantics (they follow the exporter's default policies, `static_power_policy=occ
   plus transfer time (bytes / BW n eff_b), the overhead with output.
 - Ground truth B ("phase"): a step draws prefill power if it holds any prefill token, else
   decode power. The product's convention for a mixed step splits it: the prefill part (input
-  and cached_input, by their time shares) and the decode part (output, with the overhead) each
-  pay their own time share of the step at their own phase's power, and the interaction, what
-  the step draws beyond those two own costs, is shared equally between them. Under ground truth
+  and cached_input, by their time shares) and the decode part (output, with the weight stream
+  and the overhead) each pay their own time at their own phase's power — a part's own time is
+  what its own FLOPs and bytes take at the roofline's rates, as the product's time model counts
+  them — and the interaction, what the step draws beyond those two own costs (negative where
+  compute and memory traffic overlap, positive where prefill power lifts the decode part), is
+  shared equally between them. Under ground truth
   A the interaction is zero by construction. `energy_time_share` keeps the split before the
   convention: the whole step energy by time shares (under A the same as `energy`).
 - Idle gaps (nothing runnable) and vLLM downtime are wholly `idle`, at idle power.

@@ -14,7 +14,9 @@ def test_the_two_truths_give_mixed_steps_the_same_energy_but_not_the_same_split(
     mixed = phase["... their energy, kJ"] / component["... their energy, kJ"]
     assert abs(mixed - 1) < 0.02  # what an estimator can observe of those steps barely differs
     split = phase["... oracle output, kJ"] / component["... oracle output, kJ"]
-    assert split > 1.5  # how the oracles split them does
+    # How the oracles split them does: under the phase truth a mixed step's decode part pays its
+    # own time at decode power, and half of what prefill power draws beyond it (~10 % more here).
+    assert split > 1.05
     assert phase["pure decode step, J (idle power included)"] > component["pure decode step, J (idle power included)"]
     # under the phase truth a decode token's own FLOPs cost (almost) nothing; under the component truth
     # they cost what a prompt token's do

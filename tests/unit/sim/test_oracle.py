@@ -161,21 +161,34 @@ def test_the_true_marginal_coefficients_are_what_an_uncapped_step_costs_above_id
 
 
 def test_the_phase_truth_splits_a_mixed_step_by_the_products_convention():
-    """Each part pays its own time share at its own phase's power; the interaction, what the step
-    draws beyond those, is shared equally. Worked by hand on one mixed step and one decode step."""
+    """Each part pays its own time (its own FLOPs and bytes at the roofline's rates) at its own
+    phase's power; the interaction, what the step draws beyond those, of either sign, is shared
+    equally. Worked by hand on two mixed steps and one decode step."""
     hw = HardwareModel(H100, LLAMA_3_8B, 1, truth="phase")
-    mixed = hw.step(prefill=512, decode=32, own_context=0, hit_context=128, prefill_pairs=0, decode_context=32 * 900)
     p_prefill, p_decode = H100.prefill_watts, H100.decode_watts
-    assert mixed.energy == pytest.approx(p_prefill * mixed.seconds, rel=1e-12)
-    s_prefill, s_decode = mixed.s_input + mixed.s_cached, mixed.s_output
-    interaction = mixed.energy - p_prefill * s_prefill - p_decode * s_decode
-    assert interaction == pytest.approx((p_prefill - p_decode) * s_decode, rel=1e-9)
-    assert mixed.e_input + mixed.e_cached == pytest.approx(p_prefill * s_prefill + interaction / 2, rel=1e-9)
-    assert mixed.e_output == pytest.approx(p_decode * s_decode + interaction / 2, rel=1e-9)
-    assert mixed.e_input / mixed.e_cached == pytest.approx(mixed.s_input / mixed.s_cached, rel=1e-9)
-    # Before the convention the whole step went by time share at prefill power: kept as the extra column.
-    assert mixed.ts_input == pytest.approx(mixed.energy * mixed.s_input / mixed.seconds, rel=1e-9)
-    assert mixed.ts_input < mixed.e_input
+    kv, f, b = hw.kv_bytes_per_token, hw.flops_rate, hw.byte_rate
+
+    def own_times(prefill, decode, hits, context):
+        own_in = hw.flops_per_token * prefill / f + kv * prefill / b
+        own_cached = kv * hits / b
+        own_out = hw.flops_per_token * decode / f + (hw.weight_bytes + kv * (context + decode)) / b + hw.overhead
+        return own_in, own_cached, own_out
+
+    for prefill, decode, sign in ((512, 32, -1), (16, 64, +1)):
+        mixed = hw.step(prefill, decode, own_context=0, hit_context=128, prefill_pairs=0, decode_context=decode * 900)
+        own_in, own_cached, own_out = own_times(prefill, decode, 128, decode * 900)
+        assert mixed.energy == pytest.approx(p_prefill * mixed.seconds, rel=1e-12)
+        interaction = mixed.energy - p_prefill * (own_in + own_cached) - p_decode * own_out
+        # Compute and memory traffic overlap in a long chunk's step (it is shorter than its parts'
+        # own times), while a short chunk lifts a decode batch's draw to prefill power.
+        assert interaction * sign > 0
+        assert mixed.e_input + mixed.e_cached == pytest.approx(
+            p_prefill * (own_in + own_cached) + interaction / 2, rel=1e-9
+        )
+        assert mixed.e_output == pytest.approx(p_decode * own_out + interaction / 2, rel=1e-9)
+        assert mixed.e_input / mixed.e_cached == pytest.approx(own_in / own_cached, rel=1e-9)
+        # Before the convention the whole step went by time share at prefill power: kept as the extra column.
+        assert mixed.ts_input == pytest.approx(mixed.energy * mixed.s_input / mixed.seconds, rel=1e-9)
     decode = hw.step(prefill=0, decode=32, own_context=0, hit_context=0, prefill_pairs=0, decode_context=32 * 900)
     assert decode.e_output == decode.energy and decode.e_input == decode.e_cached == 0.0
 
