@@ -28,7 +28,10 @@ ALLOWED: dict[str, set[str]] = {
     "exporter.collector": {"exporter.attribution", "exporter.ledger", "exporter.catalogue"},
     "exporter.redact": set(),  # a leaf: credentials out of URLs and text, for logs, pages and errors
     "exporter.log": {"exporter.redact"},
-    "exporter.server": {"exporter", "exporter.ledger"},
+    # TLS, basic auth and headers from an exporter-toolkit web config file: a leaf the server and
+    # the wiring use.
+    "exporter.webconfig": set(),
+    "exporter.server": {"exporter", "exporter.ledger", "exporter.webconfig"},
     "exporter.loop": {"exporter.attribution", "exporter.ledger", "exporter.log", "exporter.sources"},
     "exporter.config": {"exporter.attribution", "exporter.redact", "exporter.sources"},
     # The simulator counts its steps with the plugin's own counter and table, so the families it
@@ -45,6 +48,7 @@ ALLOWED: dict[str, set[str]] = {
         "exporter.server",
         "exporter.loop",
         "exporter.config",
+        "exporter.webconfig",
     },
     "exporter.simulate": {
         "exporter.app",
