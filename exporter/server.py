@@ -13,7 +13,13 @@ open connections are capped below the file-descriptor limit (the oldest idle one
 a new one), heads and bodies are size-limited, anything that is not a well-formed HTTP/1.x
 request is answered 400 and closed, no byte of a request is ever written back, and the cache
 holds only the few exposition formats prometheus_client writes. Trouble is counted (`counts`),
-never logged per connection."""
+never logged per connection.
+
+With a web config (exporter/webconfig.py), each new connection gets the TLS context of the
+config current when it is accepted (so a rotated certificate serves the next connection), its
+handshake bounded by `head_timeout` inside the connection's own task (a slow handshake never
+holds up the accept loop), and every request but /healthz needs the basic auth. bcrypt runs on
+a worker thread, never on the event loop; a remembered (user, password) costs a lookup."""
 
 from __future__ import annotations
 
@@ -24,16 +30,19 @@ import html
 import re
 import resource
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
 from exporter.ledger import Ledger
+from exporter.webconfig import NO_WEB_CONFIG, UNAUTHORIZED_HEADERS, BasicAuth, CurrentConfig, WebConfig
 
 # The exposition formats served, as the Accept values prometheus_client's choose_encoder maps to
 # them. A request's Accept is reduced to one of these before anything else reads it, so a cache
@@ -197,6 +206,7 @@ _TEXT = "text/plain; charset=utf-8"
 _REASONS = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
@@ -296,17 +306,26 @@ COUNTS = (
     "bad_requests",
     "internal_errors",
     "loop_errors",
+    "tls_errors",  # handshakes that failed or timed out (a plain-HTTP client, a refused certificate)
+    "unauthorized",  # requests answered 401
 )
 
 
 @dataclass(slots=True, eq=False)
 class _Connection:
-    writer: asyncio.StreamWriter
+    writer: asyncio.StreamWriter | None  # None while its TLS handshake runs
     waiting_since: float | None  # loop time since it waits for a request; None while answering
     served: bool = False  # has completed a request: a scraper's keep-alive is evicted last
+    task: asyncio.Task[None] | None = None
 
     def eviction_order(self) -> tuple[bool, float]:
         return self.served, self.waiting_since or 0.0
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.transport.abort()
+        elif self.task is not None:  # in its handshake: cancelling it closes the socket
+            self.task.cancel()
 
 
 class HttpServer:
@@ -314,8 +333,10 @@ class HttpServer:
     turn, so concurrent scrapes never fight each other for the GIL; keep-alive as Prometheus uses it.
 
     `head_timeout`: seconds for a request's head (and body) from its first byte, or from the
-    connection's start; `idle_timeout`: seconds a keep-alive connection may wait for its next
-    request; `max_connections`: the cap (default from RLIMIT_NOFILE, `max_connections_for`)."""
+    connection's start (and for a TLS handshake); `idle_timeout`: seconds a keep-alive connection
+    may wait for its next request; `max_connections`: the cap (default from RLIMIT_NOFILE,
+    `max_connections_for`); `web`: the current web config (TLS, basic auth, extra headers),
+    asked once per connection and once per request."""
 
     def __init__(
         self,
@@ -326,8 +347,11 @@ class HttpServer:
         head_timeout: float = 10.0,
         idle_timeout: float = 120.0,
         max_connections: int | None = None,
+        web: CurrentConfig | None = None,
     ) -> None:
         self._routes = routes
+        self._web: CurrentConfig = web or (lambda: NO_WEB_CONFIG)
+        self._bcrypt: asyncio.Semaphore | None = None  # made on the loop's thread
         self._head_timeout = head_timeout
         self._idle_timeout = idle_timeout
         self.max_connections = max_connections or _default_max_connections()
@@ -400,16 +424,47 @@ class HttpServer:
             client.close()  # refused at once: every connection is being answered
             return
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        context = self._web().tls  # this connection's: a certificate rotated later serves the next
+        if context is not None:
+            conn = _Connection(None, asyncio.get_running_loop().time())
+            self._start(conn, self._tls_connection(conn, client, context))
+            return
         try:
             reader, writer = await asyncio.open_connection(sock=client, limit=MAX_HEAD)
         except OSError:
             client.close()
             return
         conn = _Connection(writer, asyncio.get_running_loop().time())
+        self._start(conn, self._connection(conn, reader))
+
+    def _start(self, conn: _Connection, work: Coroutine[Any, Any, None]) -> None:
         self._open.add(conn)
-        task = asyncio.create_task(self._connection(conn, reader))
+        task = asyncio.create_task(work)
+        conn.task = task
         self._tasks.add(task)  # a reference, or the task may be collected mid-request
         task.add_done_callback(self._tasks.discard)
+
+    async def _tls_connection(self, conn: _Connection, client: socket.socket, context: ssl.SSLContext) -> None:
+        """The handshake, within head_timeout, on this connection's own task; then its requests."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=MAX_HEAD, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        try:
+            async with asyncio.timeout(self._head_timeout):
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol, client, ssl=context, ssl_handshake_timeout=self._head_timeout
+                )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
+            self._count("tls_errors")
+            self._open.discard(conn)
+            client.close()
+            return
+        except asyncio.CancelledError:  # evicted mid-handshake, or the server stops
+            self._open.discard(conn)
+            client.close()
+            raise
+        conn.writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        await self._connection(conn, reader)
 
     def _evict(self) -> bool:
         """Aborts the connection that has waited longest for a request (one that never completed
@@ -419,7 +474,7 @@ class HttpServer:
             return False
         victim = min(waiting, key=_Connection.eviction_order)
         self._open.discard(victim)
-        victim.writer.transport.abort()
+        victim.abort()
         self._count("evicted")
         return True
 
@@ -435,7 +490,8 @@ class HttpServer:
             pass  # the client went, or was evicted
         finally:
             self._open.discard(conn)
-            conn.writer.close()
+            if conn.writer is not None:
+                conn.writer.close()
 
     async def _requests(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
         loop = asyncio.get_running_loop()
@@ -445,7 +501,7 @@ class HttpServer:
             conn.waiting_since = None
             # A Transfer-Encoding body is never read, so nothing after it can be trusted as a request.
             close = request.close or "transfer-encoding" in request.headers
-            await self._send(conn, self._answer(request, close))
+            await self._send(conn, await self._respond(request, close))
             if close:
                 return
             conn.served = True
@@ -467,20 +523,40 @@ class HttpServer:
                 await reader.readexactly(length)
         return request
 
-    def _answer(self, request: Request, close: bool) -> bytes:
+    async def _respond(self, request: Request, close: bool) -> bytes:
+        """The answer, once the request has shown the basic auth its path needs."""
+        web = self._web()
+        auth = web.auth if web.needs_auth(request.target) else None
+        if auth is not None and not await self._authorized(auth, request.headers.get("authorization")):
+            self._count("unauthorized")
+            headers = web.headers + UNAUTHORIZED_HEADERS
+            body = b"unauthorized\n"
+            sent = b"" if request.method == "HEAD" else body
+            return _response(401, _TEXT, sent, False, close, length=len(body), headers=headers)
+        return self._answer(request, close, web)
+
+    async def _authorized(self, auth: BasicAuth, authorization: str | None) -> bool:
+        decided = auth.cached(authorization)
+        if decided is not None:
+            return decided
+        if self._bcrypt is None:
+            self._bcrypt = asyncio.Semaphore(2)
+        async with self._bcrypt:  # bcrypt holds a core ~0.1 s: off the event loop, two at a time at most
+            return await asyncio.get_running_loop().run_in_executor(None, auth.verify, authorization)
+
+    def _answer(self, request: Request, close: bool, web: WebConfig = NO_WEB_CONFIG) -> bytes:
         if request.method not in ("GET", "HEAD"):
-            return _response(405, _TEXT, b"method not allowed\n", False, close)
+            return _response(405, _TEXT, b"method not allowed\n", False, close, headers=web.headers)
         try:
             status, content_type, body, gzipped = self._routes.answer(request.target, request.headers)
         except Exception:  # a rendering bug must not take the server down
             self._count("internal_errors")
             status, content_type, body, gzipped = 500, _TEXT, b"internal error\n", False
-        return _response(
-            status, content_type, b"" if request.method == "HEAD" else body, gzipped, close, length=len(body)
-        )
+        body_sent = b"" if request.method == "HEAD" else body
+        return _response(status, content_type, body_sent, gzipped, close, length=len(body), headers=web.headers)
 
     async def _send(self, conn: _Connection, data: bytes) -> None:
-        if conn.writer.is_closing():  # evicted while its answer was being made
+        if conn.writer is None or conn.writer.is_closing():  # evicted while its answer was being made
             raise ConnectionResetError
         conn.writer.write(data)
         async with asyncio.timeout(self._head_timeout):  # a client that does not read is dropped
@@ -535,7 +611,13 @@ async def _read_headers(reader: asyncio.StreamReader, request: Request, size: in
 
 
 def _response(
-    status: int, content_type: str, body: bytes, gzipped: bool, close: bool, length: int | None = None
+    status: int,
+    content_type: str,
+    body: bytes,
+    gzipped: bool,
+    close: bool,
+    length: int | None = None,
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> bytes:
     head = [
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
@@ -547,4 +629,5 @@ def _response(
         head.append("Content-Encoding: gzip")
     if close:
         head.append("Connection: close")
+    head.extend(f"{name}: {value}" for name, value in headers)  # the web config's, checked there
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body

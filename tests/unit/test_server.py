@@ -11,6 +11,7 @@ from exporter.catalogue import BUILD_LABELS
 from exporter.collector import LedgerCollector
 from exporter.ledger import Ledger, TickRecord
 from exporter.server import (
+    COUNTS,
     FORMATS,
     OPENMETRICS_1_0_0,
     TEXT_0_0_4,
@@ -18,6 +19,7 @@ from exporter.server import (
     BadRequest,
     MetricsCache,
     Routes,
+    _response,
     add_header,
     body_length,
     max_connections_for,
@@ -210,3 +212,18 @@ def test_a_hostile_header_line_is_refused_in_one_pass(line):
     # this test ends at once (it would hang rather than fail, were that to come back).
     with pytest.raises(BadRequest):
         add_header(parse_request_line(b"GET / HTTP/1.1\r\n"), line)
+
+
+def test_the_web_configs_headers_follow_the_servers_own():
+    head = _response(401, "text/plain", b"x", False, False, headers=(("WWW-Authenticate", 'Basic realm="r"'),))
+    lines = head.split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 401 Unauthorized"
+    assert lines[1:3] == [b"Content-Type: text/plain", b"Content-Length: 1"]
+    assert lines[-1] == b'WWW-Authenticate: Basic realm="r"'
+    assert _response(200, "text/plain", b"", False, False) == _response(
+        200, "text/plain", b"", False, False, headers=()
+    )
+
+
+def test_tls_and_auth_trouble_is_counted():
+    assert {"tls_errors", "unauthorized"} <= set(COUNTS)
