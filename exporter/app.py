@@ -42,6 +42,7 @@ from exporter.sources.model_config import resolve_model
 from exporter.sources.plugin import PluginDirectory, PluginEnergy, WorkReader
 from exporter.sources.vllm import VllmSource
 from exporter.state import StateFile
+from exporter.webconfig import WebConfigError, WebConfigWatcher
 
 EXPLICIT_WEIGHTS = (
     "input_joules_per_token",
@@ -70,6 +71,7 @@ class App:
     log: FilteringBoundLogger
     ledger: Ledger
     attributor: Attributor
+    web: WebConfigWatcher | None = None
     stop_seconds: float = STOP_SECONDS
     close_seconds: float = CLOSE_SECONDS
 
@@ -82,6 +84,8 @@ class App:
         # The tick thread must not hold the GIL for CPython's default 5 ms while a scrape waits.
         sys.setswitchinterval(0.0005)
         self.server.start()
+        if self.web is not None:
+            self.web.start()
         self.log.info("started", port=self.server.port)
         failures: list[BaseException] = []
 
@@ -118,7 +122,13 @@ class App:
         self.log.info("stopped", clean=clean)
         return clean
 
+    def reload(self) -> bool:
+        """Re-reads the web config now (SIGHUP); False when there is none, or it failed (logged)."""
+        return self.web is not None and self.web.reload("signal")
+
     def _close(self) -> None:
+        if self.web is not None:
+            self.web.stop()
         for close in (self.server.stop, *self.closers):
             try:
                 close()
@@ -237,10 +247,21 @@ def _open_energy(settings: Settings, log: FilteringBoundLogger) -> EnergySetup:
     return energy
 
 
-def _listen(settings: Settings, routes: Routes) -> HttpServer:
+def _web_config(settings: Settings, log: FilteringBoundLogger) -> WebConfigWatcher | None:
+    if settings.web_config_file is None:
+        return None
+    try:
+        return WebConfigWatcher(settings.web_config_file, log)
+    except WebConfigError as err:
+        raise StartupError(
+            f"setting web_config_file ({flag_name('web_config_file')} / {env_name('web_config_file')}): {err}"
+        ) from None
+
+
+def _listen(settings: Settings, routes: Routes, web: WebConfigWatcher | None = None) -> HttpServer:
     host, port = settings.listen_host_port
     try:
-        return HttpServer(host, port, routes)
+        return HttpServer(host, port, routes, web=None if web is None else web.current)
     except OSError as err:
         raise StartupError(
             f"setting listen_address ({flag_name('listen_address')} / {env_name('listen_address')}): "
@@ -254,6 +275,7 @@ def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpe
     log = logging_setup.get_logger()
     for name in unknown_environment(os.environ):  # pydantic-settings ignores them silently
         log.warning("unknown_environment_variable", variable=name, did_you_mean=closest_variable(name))
+    web = _web_config(settings, log)  # before any source opens: a bad file stops start-up at once
     energy = energy or _open_energy(settings, log)
     model = model or resolve_model(settings.model_dir, settings.model_params, settings.bytes_per_param)
     attributor = make_attributor(settings, energy.gpu_spec, energy.gpu_count, model, log)
@@ -270,13 +292,13 @@ def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpe
         energy.mode,
         stale_after_seconds=stale_after_seconds(settings.interval),
     )
-    server = _listen(settings, routes)
+    server = _listen(settings, routes, web)
 
     work = _work_reader(settings)
     energy_reader = _energy_reader(EnergyMode(settings.energy_source), work, energy.source)
     keeper = _resume(settings, attributor, energy, model, log)
     loop = CollectionLoop(work, energy_reader, attributor, ledger, log, settings.interval, keeper=keeper)
-    return App(loop, server, [work.close, energy_reader.close], log, ledger, attributor)
+    return App(loop, server, [work.close, energy_reader.close], log, ledger, attributor, web)
 
 
 def _resume(

@@ -4,8 +4,9 @@ Signals, as an orchestrator or an operator sends them:
 - SIGTERM, SIGINT and SIGQUIT stop cleanly (the server and the sources closed, exit status 0)
   within 5 s, even while a read hangs. SIGQUIT's usual meaning is "quit"; its core dump would
   only lose the totals' last scrape, so it stops like SIGTERM.
-- SIGHUP is ignored with a log line: the process never dies of a closed terminal or of a
-  reload sent by habit (settings are read at start-up; re-reading them is a later change).
+- SIGHUP re-reads the web config file (--web-config-file) at once, as its watcher does when the
+  file or a certificate changes; without one it is ignored with a log line. The process never
+  dies of a closed terminal or of a reload sent by habit (the other settings are read at start-up).
 - SIGUSR1 and SIGUSR2 are ignored with a log line: they mean nothing here, and a stray one (a
   log-rotation script, a mistaken `kill -USR1`) must not take the metrics down.
 The handler only queues the signal; a thread of its own logs it and acts, so a signal never
@@ -20,7 +21,7 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -43,7 +44,8 @@ EXIT_USAGE = 2
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 IGNORED_SIGNALS = {
-    signal.SIGHUP: "settings are read at start-up only; restart the exporter to change them",
+    signal.SIGHUP: "settings are read at start-up only (SIGHUP re-reads only a --web-config-file); "
+    "restart the exporter to change them",
     signal.SIGUSR1: "SIGUSR1 has no meaning here; send SIGTERM to stop",
     signal.SIGUSR2: "SIGUSR2 has no meaning here; send SIGTERM to stop",
 }
@@ -57,6 +59,7 @@ class Signals:
         self._received: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._running = False
         self._previous: dict[int, Any] = {}
+        self._reload: Callable[[], object] | None = None
 
     def install(self) -> None:
         for sig in (*STOP_SIGNALS, *IGNORED_SIGNALS):
@@ -73,8 +76,10 @@ class Signals:
             raise SystemExit(0)  # still starting: nothing to close yet
         self._received.put(signum)  # SimpleQueue.put is safe in a signal handler; logging is not
 
-    def serve(self, log: FilteringBoundLogger) -> threading.Event:
-        """From now on, signals are logged and acted on by a thread of their own."""
+    def serve(self, log: FilteringBoundLogger, reload: Callable[[], object] | None = None) -> threading.Event:
+        """From now on, signals are logged and acted on by a thread of their own; SIGHUP calls
+        `reload` where one is given (the web config's re-read)."""
+        self._reload = reload
         self._running = True
         threading.Thread(target=self._act, args=(log,), name="signals", daemon=True).start()
         return self.stop
@@ -83,7 +88,13 @@ class Signals:
         while True:
             signum = self._received.get()
             name = signal.Signals(signum).name
-            if signum in IGNORED_SIGNALS:
+            if signum == signal.SIGHUP and self._reload is not None:
+                log.info("signal_reload", signal=name, what="web_config_file")
+                try:  # logs web_config_reloaded, or web_config_reload_failed and keeps the old one
+                    self._reload()
+                except Exception as err:  # this thread must live on: it is what stops the process
+                    log.error("reload_failed", error=repr(err))
+            elif signum in IGNORED_SIGNALS:
                 log.warning("signal_ignored", signal=name, reason=IGNORED_SIGNALS[signal.Signals(signum)])
             elif self.stop.is_set():
                 log.info("signal_while_stopping", signal=name)
@@ -159,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             app = build(settings)
         except StartupError as err:
             return _fail([str(err)])
-        clean = app.run(signals.serve(app.log))
+        clean = app.run(signals.serve(app.log, app.reload if app.web is not None else None))
     finally:
         signals.restore()
     if not clean:

@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         8 * 1024 * 1024, ge=64 * 1024, le=GIB, description="Larger pages are refused and counted as errors."
     )
     listen_address: str = Field("0.0.0.0:9477", description="host:port of our own /metrics.")
+    web_config_file: Path | None = Field(
+        None,
+        description="Web config file in Prometheus exporter-toolkit's format: TLS (tls_server_config), basic "
+        "auth (basic_auth_users, bcrypt hashes) and extra headers; re-read when it or its certificates change.",
+    )
     interval: float = Field(5.0, ge=0.1, le=3600, description="Seconds between collection ticks.")
     gpus: str | None = Field(
         None,
@@ -231,7 +236,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with /")
         return value
 
-    @field_validator("plugin_dir", "model_dir", "state_file")
+    @field_validator("plugin_dir", "model_dir", "state_file", "web_config_file")
     @classmethod
     def _directory(cls, value: Path | None) -> Path | None:
         if value is not None:
@@ -439,6 +444,7 @@ COMPUTED_DEFAULTS = {
     "gpu_count": "the GPUs found, else 1",
     "plugin_dir": "none (read vLLM's page)",
     "state_file": "none (start from the prior)",
+    "web_config_file": "none (plain HTTP, no authentication)",
     "dcgm_url": "none",
     "dcgm_pod": "none",
     "dcgm_namespace": "none",

@@ -138,7 +138,9 @@ class Prometheus(Server):
         rule_files: Iterable[Path] = (),
         alertmanager: str | None = None,
         external_labels: dict[str, str] | None = None,
+        scrape_options: dict[str, Any] | None = None,
     ) -> None:
+        """`scrape_options`: more keys of the scrape config (scheme, tls_config, basic_auth...)."""
         super().__init__(workdir)
         config: dict[str, Any] = {
             "global": {
@@ -148,7 +150,13 @@ class Prometheus(Server):
                 "external_labels": dict(external_labels or {}),
             },
             "rule_files": [str(p) for p in rule_files],
-            "scrape_configs": [{"job_name": "token-economy", "static_configs": [{"targets": list(targets)}]}],
+            "scrape_configs": [
+                {
+                    "job_name": "token-economy",
+                    "static_configs": [{"targets": list(targets)}],
+                    **(scrape_options or {}),
+                }
+            ],
         }
         if alertmanager:
             config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
+import structlog
 from pydantic import ValidationError
 
 from exporter.cli import main
@@ -231,7 +232,7 @@ def test_the_metrics_path_has_no_whitespace_or_control_characters(path):
     assert line.startswith("setting vllm_metrics_path ")
 
 
-@pytest.mark.parametrize("field", ["plugin_dir", "model_dir"])
+@pytest.mark.parametrize("field", ["plugin_dir", "model_dir", "state_file", "web_config_file"])
 def test_a_directory_has_no_control_characters(field):
     lines = _rejected(**{field: "/run/token-economy\n"})
     assert any(line.startswith(f"setting {field} ") and "control" in line for line in lines)
@@ -369,3 +370,31 @@ def test_a_start_up_error_never_shows_a_password(capsys):
     assert _fail(["energy_source: cannot read http://admin:hunter2@dcgm:9400/metrics?token=s3cr3t: refused"]) == 2
     shown = "energy_source: cannot read http://admin:***@dcgm:9400/metrics?token=***: refused"
     assert capsys.readouterr().err == f"token-economy-exporter: error: {shown}\n"
+
+
+def test_the_web_config_file_is_off_by_default_and_read_as_a_path(tmp_path):
+    assert Settings().web_config_file is None
+    assert Settings(web_config_file=str(tmp_path / "web.yml")).web_config_file == tmp_path / "web.yml"
+    assert env_name("web_config_file") == "TOKEN_ECONOMY_WEB_CONFIG_FILE"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("tls_server_config:\n  cert_fil: x\n", "unknown key 'tls_server_config.cert_fil'"),
+        ("tls_server_config: [\n", "not valid YAML at line"),
+        ("basic_auth_users:\n  prometheus: hunter2\n", "basic_auth_users.prometheus is not a bcrypt hash"),
+        (None, "cannot read"),
+    ],
+)
+def test_a_bad_web_config_file_is_a_start_up_error_naming_the_setting(tmp_path, text, shown):
+    """cli.main turns a StartupError into exit status 2 with this line (tests/integration/test_web_config.py)."""
+    from exporter.app import StartupError, _web_config
+
+    path = tmp_path / "web.yml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(StartupError) as err:
+        _web_config(Settings(web_config_file=str(path)), structlog.get_logger())
+    prefix = "setting web_config_file (--web-config-file / TOKEN_ECONOMY_WEB_CONFIG_FILE): "
+    assert str(err.value).startswith(prefix) and shown in str(err.value) and "hunter2" not in str(err.value)
