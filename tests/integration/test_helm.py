@@ -560,3 +560,38 @@ def test_the_schema_offers_the_exporters_energy_sources():
     schema = json.loads((CHART / "values.schema.json").read_text())
     offered = schema["properties"]["exporter"]["properties"]["energySource"]["enum"]
     assert sorted(offered) == sorted(mode.value for mode in EnergyMode)
+
+
+def state_file(deployment: dict, native: bool = True) -> tuple[str, dict, dict] | None:
+    """(TOKEN_ECONOMY_STATE_FILE, the exporter's mount of its directory, that volume); None without."""
+    exporter = exporter_container(deployment, native)
+    path = env_list(exporter).get("TOKEN_ECONOMY_STATE_FILE", {}).get("value")
+    if path is None:
+        assert "exporter-state" not in [v["name"] for v in pod_spec(deployment)["volumes"]]
+        return None
+    (mount,) = [m for m in exporter["volumeMounts"] if m["mountPath"] == str(Path(path).parent)]
+    (volume,) = [v for v in pod_spec(deployment)["volumes"] if v["name"] == mount["name"]]
+    return path, mount, volume
+
+
+@pytest.mark.parametrize(
+    "values", [p for p in VALUES_FILES if p.stem != "monitoring-only-values"], ids=lambda p: p.stem
+)
+def test_the_exporter_keeps_its_state_on_a_disk_backed_empty_dir_by_default(values, monkeypatch):
+    deployment = one(render("-f", str(values)), "Deployment")
+    native = exporter_is_native(pod_spec(deployment))
+    path, mount, volume = state_file(deployment, native)
+    assert path == "/var/lib/token-economy/state.json" and not mount.get("readOnly")
+    assert volume == {"name": "exporter-state", "emptyDir": {"sizeLimit": "1Mi"}}  # not medium: Memory
+    assert mount["name"] not in [m["name"] for m in vllm_container(deployment)["volumeMounts"]]
+    exporter = exporter_container(deployment, native)
+    assert check_settings_accepted(exporter_environment(exporter), monkeypatch).state_file == Path(path)
+
+
+def test_the_state_file_can_move_or_be_turned_off():
+    moved = one(render("--set", "exporter.stateFile.path=/data/tee/costs.json"), "Deployment")
+    path, mount, _volume = state_file(moved)
+    assert (path, mount["mountPath"]) == ("/data/tee/costs.json", "/data/tee")
+    assert state_file(one(render("--set", "exporter.stateFile.enabled=false"), "Deployment")) is None
+    result = template("--set", "exporter.stateFile.path=state.json", check=False)
+    assert result.returncode != 0 and "stateFile" in result.stderr, result.stderr

@@ -26,6 +26,7 @@ from tests.integration.k8s_tools import (
     check_settings_accepted,
     documents,
     env_list,
+    exporter_container,
     exporter_environment,
     kubernetes_validate,
     newest_kubernetes,
@@ -240,10 +241,11 @@ def test_visible_devices_without_the_plugin_is_the_base_as_it_was(tmp_path):
         deployment = one(build_kind(kind, tmp_path)[1], "Deployment")
         exporter, vllm = check_pod(deployment), vllm_container(deployment)
         assert exporter["env"] == [
+            {"name": "TOKEN_ECONOMY_STATE_FILE", "value": "/var/lib/token-economy/state.json"},
             {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"},
             {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "utility"},
         ]
-        assert "volumeMounts" not in exporter
+        assert exporter["volumeMounts"] == [{"name": "exporter-state", "mountPath": "/var/lib/token-economy"}]
         assert vllm["image"] == "vllm/vllm-openai:v0.32.0"
         assert vllm["args"] == [
             "--model",
@@ -257,7 +259,7 @@ def test_visible_devices_without_the_plugin_is_the_base_as_it_was(tmp_path):
         ]
         assert vllm["env"] == [{"name": "HOME", "value": "/home/vllm"}]
         assert [m["name"] for m in vllm["volumeMounts"]] == ["home", "shm"]
-        assert [v["name"] for v in pod_spec(deployment)["volumes"]] == ["home", "shm"]
+        assert [v["name"] for v in pod_spec(deployment)["volumes"]] == ["home", "shm", "exporter-state"]
 
 
 def test_dcgm_reads_the_nodes_exporter_for_this_pod(tmp_path, monkeypatch):
@@ -294,3 +296,23 @@ def test_the_plugin_init_container_and_the_exporter_are_one_image_in_an_overlay(
         "token-economy-plugin": images["token-economy-exporter"],
     }
     assert vllm_container(deployment)["image"] == "registry.example.com/vllm-openai:v0.32.0"
+
+
+def check_state_file(deployment: dict, native: bool = True) -> None:
+    """The exporter keeps its state file on a disk-backed emptyDir of its own, mounted writable
+    (the root filesystem is read-only), at the directory TOKEN_ECONOMY_STATE_FILE names."""
+    exporter = exporter_container(deployment, native)
+    path = env_list(exporter)["TOKEN_ECONOMY_STATE_FILE"]["value"]
+    assert path == "/var/lib/token-economy/state.json"
+    (mount,) = [m for m in exporter["volumeMounts"] if m["mountPath"] == str(Path(path).parent)]
+    assert not mount.get("readOnly")
+    (volume,) = [v for v in pod_spec(deployment)["volumes"] if v["name"] == mount["name"]]
+    assert volume["emptyDir"] == {"sizeLimit": "1Mi"}, "disk-backed (no medium: Memory), 1Mi"
+    vllm = vllm_container(deployment)
+    assert mount["name"] not in [m["name"] for m in vllm["volumeMounts"]], "the exporter's alone"
+
+
+def test_every_kind_keeps_the_exporters_state_across_container_restarts(tmp_path):
+    check_state_file(one(documents(kustomize(KUSTOMIZE)), "Deployment"))
+    for kind, (_components, _access, _plugin, _oldest, native) in KINDS.items():
+        check_state_file(one(build_kind(kind, tmp_path)[1], "Deployment"), native=native)

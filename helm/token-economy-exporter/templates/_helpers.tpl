@@ -157,6 +157,11 @@ under initContainers (it renders nothing unless plugin.install=initContainer).
     - name: NVIDIA_DRIVER_CAPABILITIES
       value: utility
     {{- end }}
+    {{- if $e.stateFile.enabled }}
+    # What the exporter has learned, kept after each fit: a restarted container resumes from it.
+    - name: TOKEN_ECONOMY_STATE_FILE
+      value: {{ $e.stateFile.path | quote }}
+    {{- end }}
     {{- with $e.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -183,12 +188,17 @@ under initContainers (it renders nothing unless plugin.install=initContainer).
     {{- toYaml $resources | nindent 4 }}
   securityContext:
     {{- toYaml $e.securityContext | nindent 4 }}
-  {{- if or (ne $v.plugin.install "none") $e.extraVolumeMounts }}
+  {{- if or (ne $v.plugin.install "none") $e.stateFile.enabled $e.extraVolumeMounts }}
   volumeMounts:
     {{- if ne $v.plugin.install "none" }}
     - name: token-economy
       mountPath: {{ $v.plugin.dir | quote }}
       readOnly: true
+    {{- end }}
+    {{- if $e.stateFile.enabled }}
+    # The state file's directory, writable under the read-only root filesystem.
+    - name: exporter-state
+      mountPath: {{ dir $e.stateFile.path | quote }}
     {{- end }}
     {{- with $e.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
@@ -256,7 +266,10 @@ without the plugin the flag would only add those lines, so it is left out.
 {{- end }}
 {{- end }}
 
-{{/* The pod's volumes for the plugin. Called with (dict "values" ...); renders Volume items. */}}
+{{/*
+The pod's volumes for the plugin and the exporter's state file. Called with (dict "values" ...);
+renders Volume items.
+*/}}
 {{- define "token-economy-exporter.volumes" -}}
 {{- $v := .values }}
 {{- if ne $v.plugin.install "none" }}
@@ -265,6 +278,12 @@ without the plugin the flag would only add those lines, so it is left out.
   emptyDir:
     medium: Memory
     sizeLimit: {{ $v.plugin.sizeLimit }}
+{{- end }}
+{{- if $v.exporter.stateFile.enabled }}
+# The exporter's state file (a few kB), on the node's disk rather than in memory.
+- name: exporter-state
+  emptyDir:
+    sizeLimit: {{ $v.exporter.stateFile.sizeLimit }}
 {{- end }}
 {{- if eq $v.plugin.install "initContainer" }}
 - name: token-economy-python
