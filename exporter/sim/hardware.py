@@ -36,7 +36,24 @@ PHASE = "phase"
 TRUTHS = (COMPONENT, PHASE)
 
 # Device memory per GPU, to size the KV cache when the engine config does not give a block count.
-GPU_MEMORY_BYTES = {"H200": 141e9, "H100": 80e9, "A100": 80e9, "L40S": 48e9, "L4": 24e9, "A10G": 24e9}
+# Keyed as the GPU table (exporter/attribution/gpu_table.py), whose comments name the datasheets;
+# the memory figures come from the same pages unless said otherwise.
+GPU_MEMORY_BYTES = {
+    "H200": 141e9,
+    "H100": 80e9,  # SXM and PCIe
+    "A100": 80e9,  # the 80 GB parts (a 40 GB one exists)
+    "L40S": 48e9,
+    "L4": 24e9,
+    "A10G": 24e9,  # AWS EC2 G5 page: 24 GB per GPU
+    "B200": 180e9,  # MLCommons Inference v6.0, nebius_b200_n1: "NVIDIA B200-SXM-180GB"
+    "B300": 288e9,  # NVIDIA Technical Blog, "Inside NVIDIA Blackwell Ultra": 288 GB HBM3e
+    "GB200": 186e9,  # NVIDIA GB200 NVL72 spec: up to 13.4 TB HBM3e for 72 GPUs
+    "H20": 96e9,  # Tom's Hardware's HGX H20 specification: 96 GB HBM3
+    "RTX PRO 6000 BLACKWELL SERVER": 96e9,  # NVIDIA product page: 96 GB GDDR7
+    "RTX PRO 6000 BLACKWELL WORKSTATION": 96e9,  # NVIDIA datasheet: 96 GB GDDR7
+    "MI300X": 192e9,  # AMD Instinct MI300X data sheet: 192 GB HBM3
+    "MI325X": 256e9,  # AMD Instinct MI325X data sheet: 256 GB HBM3E
+}
 
 # Models the tests and benchmarks use (bf16). kv_bytes_per_token = 2 (K and V) x layers x KV heads
 # x head dim x 2 bytes.
