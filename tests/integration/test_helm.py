@@ -595,3 +595,149 @@ def test_the_state_file_can_move_or_be_turned_off():
     assert state_file(one(render("--set", "exporter.stateFile.enabled=false"), "Deployment")) is None
     result = template("--set", "exporter.stateFile.path=state.json", check=False)
     assert result.returncode != 0 and "stateFile" in result.stderr, result.stderr
+
+
+# -- TLS and basic auth (exporter.webConfig) ------------------------------------------------------
+
+WEB_CONFIG_FILE = "/etc/token-economy/web/web-config.yml"
+A_HASH = (
+    "$2b$04$abcdefghijklmnopqrstuvABCDEFGHIJKLMNOPQRSTUVWXYZ01234"  # the form of a bcrypt hash; no password matches it
+)
+
+
+def web_config_of(docs: list[dict], tmp_path: Path):
+    """The web config the chart's Secret holds, as the exporter parses it (the TLS files it
+    names swapped for a test certificate)."""
+    from exporter.webconfig import parse
+    from tests.unit.test_webconfig import CERT, KEY
+
+    (secret,) = [d for d in by_kind(docs, "Secret") if d["metadata"]["name"].endswith("-web-config")]
+    (tmp_path / "tls.crt").write_text(CERT)
+    (tmp_path / "tls.key").write_text(KEY)
+    text = secret["stringData"]["web-config.yml"].replace("/etc/token-economy/tls/", f"{tmp_path}/")
+    return parse(text, tmp_path)
+
+
+def test_web_config_is_off_by_default():
+    docs = render("--set", "serviceMonitor.enabled=true")
+    exporter = check_pod(one(docs, "Deployment"))
+    assert "TOKEN_ECONOMY_WEB_CONFIG_FILE" not in env_list(exporter) and not by_kind(docs, "Secret")
+    assert "scheme" not in exporter["livenessProbe"]["httpGet"]
+    for endpoint in (
+        one(docs, "PodMonitor")["spec"]["podMetricsEndpoints"][0],
+        one(docs, "ServiceMonitor")["spec"]["endpoints"][0],
+    ):
+        assert not {"scheme", "tlsConfig", "basicAuth"} & set(endpoint)
+
+
+def test_everything_on_serves_https_with_basic_auth_and_both_monitors_follow(tmp_path, monkeypatch):
+    text = template("-f", str(CHART / "ci" / "everything-on-values.yaml")).stdout
+    docs = documents(text)
+    deployment = one(docs, "Deployment")
+    exporter = check_pod(deployment, native=False)
+    settings = check_settings_accepted(exporter_environment(exporter), monkeypatch)
+    assert str(settings.web_config_file) == WEB_CONFIG_FILE
+    config = web_config_of(docs, tmp_path)
+    assert config.tls is not None and config.auth is not None and config.auth.users == {"prometheus"}
+    assert config.tls.minimum_version.name == "TLSv1_3" and config.headers == (("X-Content-Type-Options", "nosniff"),)
+
+    mounts = {m["mountPath"]: m for m in exporter["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    for directory, secret in (
+        ("/etc/token-economy/web", "tee-token-economy-exporter-web-config"),
+        ("/etc/token-economy/tls", "tee-exporter-tls"),
+    ):
+        assert mounts[directory]["readOnly"] is True and "subPath" not in mounts[directory]
+        assert volumes[mounts[directory]["name"]]["secret"]["secretName"] == secret
+    for probe in ("startupProbe", "livenessProbe"):
+        assert exporter[probe]["httpGet"]["scheme"] == "HTTPS" and exporter[probe]["httpGet"]["path"] == "/healthz"
+    expected = {
+        "scheme": "https",
+        "tlsConfig": {
+            "ca": {"secret": {"name": "tee-exporter-tls", "key": "ca.crt"}},
+            "serverName": "token-economy-exporter",
+        },
+        "basicAuth": {
+            "username": {"name": "tee-exporter-scrape-auth", "key": "username"},
+            "password": {"name": "tee-exporter-scrape-auth", "key": "password"},
+        },
+    }
+    for endpoint in (
+        one(docs, "PodMonitor")["spec"]["podMetricsEndpoints"][0],
+        one(docs, "ServiceMonitor")["spec"]["endpoints"][0],
+    ):
+        assert {k: endpoint.get(k) for k in expected} == expected
+    assert check_operator_objects(docs) >= 2
+    validate_both_versions(text, tmp_path)
+
+
+def test_an_existing_secret_is_used_as_it_is():
+    docs = render(
+        "--set", "exporter.webConfig.enabled=true", "--set", "exporter.webConfig.existingSecret=my-web-config",
+        "--set", "exporter.webConfig.scrape.caSecret.name=my-ca", "--set", "exporter.webConfig.scrape.serverName=tee",
+    )  # fmt: skip
+    assert not by_kind(docs, "Secret")
+    spec = pod_spec(one(docs, "Deployment"))
+    secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+    assert secrets == {"web-config": "my-web-config"}  # no tlsSecret: the web config names its own files
+    endpoint = one(docs, "PodMonitor")["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["tlsConfig"]["ca"]["secret"] == {"name": "my-ca", "key": "ca.crt"} and "basicAuth" not in endpoint
+
+
+def test_basic_auth_over_plain_http(tmp_path):
+    docs = render(
+        "--set", "exporter.webConfig.enabled=true", "--set", "exporter.webConfig.https=false",
+        "--set", f"exporter.webConfig.basicAuthUsers.prometheus={A_HASH}",
+        "--set", "exporter.webConfig.scrape.basicAuthSecret.name=auth",
+    )  # fmt: skip
+    config = web_config_of(docs, tmp_path)
+    assert config.tls is None and config.auth is not None
+    exporter = check_pod(one(docs, "Deployment"))
+    assert "scheme" not in exporter["startupProbe"]["httpGet"]
+    endpoint = one(docs, "PodMonitor")["spec"]["podMetricsEndpoints"][0]
+    assert (
+        "scheme" not in endpoint and "tlsConfig" not in endpoint and endpoint["basicAuth"]["password"]["name"] == "auth"
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["exporter.webConfig.enabled=true"], "exporter.webConfig.https needs a certificate"),
+        (["exporter.webConfig.enabled=true", "exporter.webConfig.https=false"], "with nothing to serve"),
+        (
+            ["exporter.webConfig.enabled=true", "exporter.webConfig.tlsSecret=t",
+             f"exporter.webConfig.basicAuthUsers.p={A_HASH}"],
+            "exporter.webConfig.scrape.basicAuthSecret.name",
+        ),
+        (
+            ["exporter.webConfig.enabled=true", "exporter.webConfig.existingSecret=mine"],
+            "exporter.webConfig.scrape.caSecret.name is required",
+        ),
+        (["exporter.webConfig.enabled=true", "exporter.webConfig.basicAuthUsers.p=hunter2"], "basicAuthUsers"),
+        (["exporter.webConfig.enabled=true", "exporter.webConfig.tlsSecret=Not_A_Name"], "tlsSecret"),
+        (["exporter.webConfig.enabled=true", "exporter.webConfig.extraConfig.rate_limit.burst=1"], "extraConfig"),
+    ],
+)  # fmt: skip
+def test_web_config_values_that_cannot_work_stop_the_render(args, message):
+    result = template(*[a for s in args for a in ("--set", s)], check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_the_sidecar_in_a_chart_of_ones_own_needs_an_existing_web_config_secret(tmp_path):
+    parent = parent_chart(tmp_path, native=True)
+    on = ["--set", "token-economy-exporter.exporter.webConfig.enabled=true"]
+    result = template(*on, "--set", "token-economy-exporter.exporter.webConfig.tlsSecret=t", chart=parent, check=False)
+    assert result.returncode != 0 and "exporter.webConfig.existingSecret is required" in result.stderr
+    docs = documents(
+        template(
+            *on, "--set", "token-economy-exporter.exporter.webConfig.existingSecret=mine",
+            "--set", "token-economy-exporter.exporter.webConfig.scrape.insecureSkipVerify=true", chart=parent,
+        ).stdout
+    )  # fmt: skip
+    deployment = one(docs, "Deployment")
+    check_pod(deployment)  # every mount names a volume of the pod
+    assert {v["name"]: v.get("secret", {}).get("secretName") for v in pod_spec(deployment)["volumes"]}[
+        "web-config"
+    ] == "mine"
+    assert one(docs, "PodMonitor")["spec"]["podMetricsEndpoints"][0]["tlsConfig"] == {"insecureSkipVerify": True}

@@ -177,6 +177,14 @@ KINDS = {
         "1.27",
         False,
     ),
+    "web-config": (["web-config"], "plugin", True, OLDEST_NATIVE_SIDECAR, True),
+    "web-config-visible-devices-plain-sidecar": (
+        ["visible-devices", "no-plugin", "web-config", "plain-sidecar"],
+        "visibleDevices",
+        False,
+        "1.27",
+        False,
+    ),
     "all-with-dra-plain-sidecar": (
         ["dra", "dcgm", "plugin-init-container", "plain-sidecar"],
         "dra",
@@ -275,7 +283,7 @@ def test_dcgm_reads_the_nodes_exporter_for_this_pod(tmp_path, monkeypatch):
 
 
 def test_components_listed_after_plain_sidecar_fail_the_build_instead_of_misplacing_the_exporter(tmp_path):
-    for later in ("dcgm", "dra", "visible-devices", "no-plugin"):
+    for later in ("dcgm", "dra", "visible-devices", "no-plugin", "web-config"):
         result = kustomize(write_overlay(tmp_path / later, ["plain-sidecar", later]), check=False)
         assert result.returncode != 0, later
         assert "test operation does not apply" in result.stderr and "initContainers/0" in result.stderr, result.stderr
@@ -316,3 +324,52 @@ def test_every_kind_keeps_the_exporters_state_across_container_restarts(tmp_path
     check_state_file(one(documents(kustomize(KUSTOMIZE)), "Deployment"))
     for kind, (_components, _access, _plugin, _oldest, native) in KINDS.items():
         check_state_file(one(build_kind(kind, tmp_path)[1], "Deployment"), native=native)
+
+
+WEB_CONFIG_FILE = "/etc/token-economy/web/web-config.yml"
+
+
+@pytest.mark.parametrize("kind", ["web-config", "web-config-visible-devices-plain-sidecar"])
+def test_the_web_config_component_serves_https_with_basic_auth_and_the_podmonitor_follows(kind, tmp_path, monkeypatch):
+    native = KINDS[kind][4]
+    docs = build_kind(kind, tmp_path)[1]
+    deployment = one(docs, "Deployment")
+    exporter = exporter_container(deployment, native)
+    settings = check_settings_accepted(exporter_environment(exporter, by_kind(docs, "ConfigMap")), monkeypatch)
+    assert str(settings.web_config_file) == WEB_CONFIG_FILE
+    mounts = {m["mountPath"]: m for m in exporter["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    for directory, secret in (
+        ("/etc/token-economy/web", "token-economy-exporter-web-config"),
+        ("/etc/token-economy/tls", "token-economy-exporter-tls"),
+    ):
+        mount = mounts[directory]
+        assert mount["readOnly"] is True and "subPath" not in mount, "a subPath mount is never updated in place"
+        assert volumes[mount["name"]]["secret"]["secretName"] == secret
+    for probe in ("startupProbe", "livenessProbe"):
+        assert exporter[probe]["httpGet"] == {"path": "/healthz", "port": "token-economy", "scheme": "HTTPS"}
+    (endpoint,) = one(docs, "PodMonitor")["spec"]["podMetricsEndpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "ca": {"secret": {"name": "token-economy-exporter-tls", "key": "ca.crt"}},
+        "serverName": "token-economy-exporter",
+    }
+    auth = "token-economy-exporter-scrape-auth"
+    assert endpoint["basicAuth"] == {
+        "username": {"name": auth, "key": "username"},
+        "password": {"name": auth, "key": "password"},
+    }
+    vllm = vllm_container(deployment)
+    assert not [m for m in vllm["volumeMounts"] if m["name"] in ("web-config", "web-tls")], "the exporter's alone"
+
+
+def test_the_example_web_config_is_one_the_exporter_accepts(tmp_path):
+    from exporter.webconfig import parse
+    from tests.unit.test_webconfig import CERT, KEY
+
+    (tmp_path / "tls.crt").write_text(CERT)
+    (tmp_path / "tls.key").write_text(KEY)
+    example = (KUSTOMIZE / "components" / "web-config" / "web-config.example.yml").read_text()
+    assert "/etc/token-economy/tls/" in example
+    config = parse(example.replace("/etc/token-economy/tls/", f"{tmp_path}/"), tmp_path)
+    assert config.tls is not None and config.auth is not None and config.auth.users == {"prometheus"}

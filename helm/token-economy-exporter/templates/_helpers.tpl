@@ -77,6 +77,8 @@ under initContainers (it renders nothing unless plugin.install=initContainer).
 {{- $visibleDevices := $e.nvidiaVisibleDevices }}
 {{- if eq $v.energyAccess "visibleDevices" }}{{ $visibleDevices = $e.nvidiaVisibleDevices | default "all" }}{{ end }}
 {{- $resources := deepCopy $e.resources }}
+{{- include "token-economy-exporter.checkWebConfig" $v }}
+{{- $https := and $e.webConfig.enabled $e.webConfig.https }}
 {{- if eq $v.energyAccess "dra" }}
 {{- $_ := set $resources "claims" (append ($resources.claims | default list) (dict "name" $v.dra.claimName)) }}
 {{- end }}
@@ -162,6 +164,11 @@ under initContainers (it renders nothing unless plugin.install=initContainer).
     - name: TOKEN_ECONOMY_STATE_FILE
       value: {{ $e.stateFile.path | quote }}
     {{- end }}
+    {{- if $e.webConfig.enabled }}
+    # TLS and basic auth (exporter-toolkit's format), re-read when the Secrets change.
+    - name: TOKEN_ECONOMY_WEB_CONFIG_FILE
+      value: /etc/token-economy/web/web-config.yml
+    {{- end }}
     {{- with $e.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -175,12 +182,18 @@ under initContainers (it renders nothing unless plugin.install=initContainer).
     httpGet:
       path: /healthz
       port: {{ $e.portName }}
+      {{- if $https }}
+      scheme: HTTPS
+      {{- end }}
     periodSeconds: 2
     failureThreshold: 30
   livenessProbe:
     httpGet:
       path: /healthz
       port: {{ $e.portName }}
+      {{- if $https }}
+      scheme: HTTPS
+      {{- end }}
     periodSeconds: 20
     timeoutSeconds: 5
     failureThreshold: 3
@@ -188,7 +201,7 @@ under initContainers (it renders nothing unless plugin.install=initContainer).
     {{- toYaml $resources | nindent 4 }}
   securityContext:
     {{- toYaml $e.securityContext | nindent 4 }}
-  {{- if or (ne $v.plugin.install "none") $e.stateFile.enabled $e.extraVolumeMounts }}
+  {{- if or (ne $v.plugin.install "none") $e.stateFile.enabled $e.webConfig.enabled $e.extraVolumeMounts }}
   volumeMounts:
     {{- if ne $v.plugin.install "none" }}
     - name: token-economy
@@ -199,6 +212,17 @@ under initContainers (it renders nothing unless plugin.install=initContainer).
     # The state file's directory, writable under the read-only root filesystem.
     - name: exporter-state
       mountPath: {{ dir $e.stateFile.path | quote }}
+    {{- end }}
+    {{- if $e.webConfig.enabled }}
+    # Whole Secrets, never subPath: the kubelet then updates the files in place.
+    - name: web-config
+      mountPath: /etc/token-economy/web
+      readOnly: true
+    {{- if $e.webConfig.tlsSecret }}
+    - name: web-tls
+      mountPath: /etc/token-economy/tls
+      readOnly: true
+    {{- end }}
     {{- end }}
     {{- with $e.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
@@ -285,6 +309,20 @@ renders Volume items.
   emptyDir:
     sizeLimit: {{ $v.exporter.stateFile.sizeLimit }}
 {{- end }}
+{{- with $v.exporter.webConfig }}
+{{- if .enabled }}
+- name: web-config
+  secret:
+    secretName: {{ include "token-economy-exporter.webConfigSecret" $ }}
+    defaultMode: 0440
+{{- if .tlsSecret }}
+- name: web-tls
+  secret:
+    secretName: {{ .tlsSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if eq $v.plugin.install "initContainer" }}
 - name: token-economy-python
   emptyDir:
@@ -336,5 +374,90 @@ the image has no shell; -I: only the image's own site-packages count. Called wit
   volumeMounts:
     - name: token-economy-python
       mountPath: /opt/token-economy/python
+{{- end }}
+{{- end }}
+
+{{/*
+The web config's Secret: exporter.webConfig.existingSecret, else the one this chart writes,
+named after the release. Called with (dict "values" ... "fullname" ...); from a chart of your own,
+set existingSecret (the chart's own name is not known there).
+*/}}
+{{- define "token-economy-exporter.webConfigSecret" -}}
+{{- $w := .values.exporter.webConfig }}
+{{- if $w.existingSecret }}
+{{- $w.existingSecret }}
+{{- else if .fullname }}
+{{- printf "%s-web-config" .fullname }}
+{{- else }}
+{{- fail "exporter.webConfig.existingSecret is required when the sidecar is included from a chart of your own: a Secret with the key web-config.yml" }}
+{{- end }}
+{{- end }}
+
+{{/* The web config written from exporter.webConfig (tlsSecret, basicAuthUsers, extraConfig). */}}
+{{- define "token-economy-exporter.webConfigFile" -}}
+{{- $w := .exporter.webConfig }}
+{{- $config := dict }}
+{{- if $w.tlsSecret }}
+{{- $_ := set $config "tls_server_config" (dict "cert_file" "/etc/token-economy/tls/tls.crt" "key_file" "/etc/token-economy/tls/tls.key") }}
+{{- end }}
+{{- with $w.basicAuthUsers }}
+{{- $_ := set $config "basic_auth_users" . }}
+{{- end }}
+{{- $config = mergeOverwrite $config (deepCopy $w.extraConfig) }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/* What exporter.webConfig needs, with a message naming the value to set. Called with the values. */}}
+{{- define "token-economy-exporter.checkWebConfig" -}}
+{{- $w := .exporter.webConfig }}
+{{- if $w.enabled }}
+{{- if and $w.https (not $w.existingSecret) (not $w.tlsSecret) (not (dig "tls_server_config" "cert_file" "" $w.extraConfig)) }}
+{{- fail "exporter.webConfig.https needs a certificate: set exporter.webConfig.tlsSecret (a kubernetes.io/tls Secret), or exporter.webConfig.existingSecret, or exporter.webConfig.https=false for basic auth over plain HTTP" }}
+{{- end }}
+{{- if and (not $w.existingSecret) (not $w.tlsSecret) (not $w.basicAuthUsers) (not $w.extraConfig) }}
+{{- fail "exporter.webConfig.enabled with nothing to serve: set exporter.webConfig.tlsSecret, basicAuthUsers, extraConfig or existingSecret" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The scrape's scheme, TLS and basic auth for the PodMonitor's and ServiceMonitor's endpoint, with
+exporter.webConfig on; nothing otherwise. Called with the values; renders endpoint keys.
+*/}}
+{{- define "token-economy-exporter.scrapeSecurity" -}}
+{{- $w := .exporter.webConfig }}
+{{- if $w.enabled }}
+{{- $s := $w.scrape }}
+{{- if $w.https }}
+{{- $ca := $s.caSecret.name | default $w.tlsSecret }}
+{{- if not (or $ca $s.insecureSkipVerify) }}
+{{- fail "exporter.webConfig.scrape.caSecret.name is required to verify the exporter's certificate (the CA's Secret; default: exporter.webConfig.tlsSecret), or set exporter.webConfig.scrape.insecureSkipVerify=true" }}
+{{- end }}
+scheme: https
+tlsConfig:
+  {{- with $ca }}
+  ca:
+    secret:
+      name: {{ . }}
+      key: {{ $s.caSecret.key }}
+  {{- end }}
+  {{- with $s.serverName }}
+  serverName: {{ . }}
+  {{- end }}
+  {{- if $s.insecureSkipVerify }}
+  insecureSkipVerify: true
+  {{- end }}
+{{- end }}
+{{- if $s.basicAuthSecret.name }}
+basicAuth:
+  username:
+    name: {{ $s.basicAuthSecret.name }}
+    key: {{ $s.basicAuthSecret.usernameKey }}
+  password:
+    name: {{ $s.basicAuthSecret.name }}
+    key: {{ $s.basicAuthSecret.passwordKey }}
+{{- else if $w.basicAuthUsers }}
+{{- fail "exporter.webConfig.basicAuthUsers needs exporter.webConfig.scrape.basicAuthSecret.name: the Secret with the user name and password Prometheus sends" }}
+{{- end }}
 {{- end }}
 {{- end }}
