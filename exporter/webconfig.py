@@ -15,7 +15,8 @@ exporter-toolkit (`--web.config.file` of node_exporter and friends), so one file
       prometheus: $2b$12$...           # bcrypt hash (htpasswd -nBC 12 "" | tr -d ':')
 
 A key this exporter does not know, or knows but cannot honour as exporter-toolkit does, is an
-error: a security setting must never be ignored quietly. `WebConfigWatcher` re-reads the file
+error: a security setting must never be ignored quietly. (`http_server_config.http2` is read
+and has no effect: HTTP/1.1 is served either way, which is all a scraper needs.) `WebConfigWatcher` re-reads the file
 and the files it names when they change (or on `reload()`, SIGHUP), so a rotated certificate is
 used by the next TLS connection without a restart; a re-read that fails keeps the previous
 configuration. Nothing here logs a password or a hash."""
@@ -343,7 +344,7 @@ def _tls(section: Mapping[str, object], directory: Path, files: list[Path]) -> s
             f"tls_server_config.client_auth_type must be one of {', '.join(CLIENT_AUTH_TYPES)}; got {auth!r}"
         )
     verify = CLIENT_AUTH_TYPES[auth]
-    if ca is not None and verify is ssl.CERT_NONE:
+    if ca is not None and auth == "NoClientCert":  # exporter-toolkit's rule; RequestClientCert ignores the CA
         raise WebConfigError(
             "tls_server_config.client_ca_file is set but client_auth_type does not verify client certificates "
             "(use VerifyClientCertIfGiven or RequireAndVerifyClientCert)"
@@ -372,7 +373,7 @@ def _tls(section: Mapping[str, object], directory: Path, files: list[Path]) -> s
         raise WebConfigError(
             f"tls_server_config: cannot load the certificate {cert} with the key {key}: {_ssl_reason(err)}"
         ) from None
-    if ca is not None:
+    if ca is not None and verify is not ssl.CERT_NONE:
         try:
             context.load_verify_locations(cafile=ca)
         except (ssl.SSLError, OSError) as err:

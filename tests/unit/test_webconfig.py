@@ -190,6 +190,11 @@ def test_client_auth_types(certs, auth, mode):
     assert config.tls is not None and config.tls.verify_mode is mode
 
 
+def test_request_client_cert_ignores_a_client_ca_as_exporter_toolkit_does(certs):
+    config = parse(tls(certs, "client_auth_type: RequestClientCert\nclient_ca_file: ca.crt\n"), certs)
+    assert config.tls is not None and config.tls.verify_mode is ssl.CERT_NONE
+
+
 def test_tls13_only_and_cipher_suites(certs):
     config = parse(tls(certs, "min_version: TLS13\n"), certs)
     assert config.tls is not None and config.tls.minimum_version is ssl.TLSVersion.TLSv1_3
