@@ -337,3 +337,32 @@ def test_a_bad_web_config_stops_start_up_with_exit_2(tmp_path):
     assert result.stderr.startswith(
         "token-economy-exporter: error: setting web_config_file (--web-config-file / TOKEN_ECONOMY_WEB_CONFIG_FILE): "
     )
+
+
+# ---- the server's bounds hold with TLS on (in process: the counts are read directly)
+
+
+def test_clients_that_never_finish_a_handshake_neither_block_scrapes_nor_outlive_the_timeout(pki):
+    from prometheus_client import CollectorRegistry
+
+    from exporter.ledger import Ledger
+    from exporter.server import HttpServer, MetricsCache, Routes
+    from exporter.webconfig import parse
+
+    config = parse(tls_config(pki), pki["dir"])
+    ledger = Ledger()
+    routes = Routes(MetricsCache(CollectorRegistry(), ledger), ledger, "http://127.0.0.1:8000", "nvml")
+    server = HttpServer(HOST, 0, routes, head_timeout=1.0, max_connections=20, web=lambda: config)
+    server.start()
+    stalled = [socket.create_connection((HOST, server.port), timeout=10) for _ in range(60)]  # no ClientHello
+    try:
+        context = client_context(pki)
+        for _ in range(5):  # a new connection each: the handshakes waiting are evicted to make room
+            assert httpx.get(f"https://{HOST}:{server.port}/healthz", verify=context, timeout=5).status_code == 200
+        assert server.open_connections <= 20 and server.counts["evicted"] >= 40
+        wait_until(lambda: server.open_connections == 0, 10, what="the stalled handshakes to time out")
+        assert server.counts["tls_errors"] >= 1
+    finally:
+        for sock in stalled:
+            sock.close()
+        server.stop()
