@@ -501,7 +501,11 @@ class HttpServer:
             conn.waiting_since = None
             # A Transfer-Encoding body is never read, so nothing after it can be trusted as a request.
             close = request.close or "transfer-encoding" in request.headers
-            await self._send(conn, await self._respond(request, close))
+            web = self._web()  # once per request: a re-read config applies to the next one
+            if web.needs_auth(request.target):
+                await self._send(conn, await self._respond(web, request, close))
+            else:  # no coroutine more than before for the scrapes that need no password
+                await self._send(conn, self._answer(request, close, web))
             if close:
                 return
             conn.served = True
@@ -523,10 +527,9 @@ class HttpServer:
                 await reader.readexactly(length)
         return request
 
-    async def _respond(self, request: Request, close: bool) -> bytes:
+    async def _respond(self, web: WebConfig, request: Request, close: bool) -> bytes:
         """The answer, once the request has shown the basic auth its path needs."""
-        web = self._web()
-        auth = web.auth if web.needs_auth(request.target) else None
+        auth = web.auth
         if auth is not None and not await self._authorized(auth, request.headers.get("authorization")):
             self._count("unauthorized")
             headers = web.headers + UNAUTHORIZED_HEADERS
@@ -629,5 +632,6 @@ def _response(
         head.append("Content-Encoding: gzip")
     if close:
         head.append("Connection: close")
-    head.extend(f"{name}: {value}" for name, value in headers)  # the web config's, checked there
+    if headers:  # the web config's, checked there
+        head.extend(f"{name}: {value}" for name, value in headers)
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
