@@ -503,8 +503,8 @@ class HttpServer:
             close = request.close or "transfer-encoding" in request.headers
             web = self._web()  # once per request: a re-read config applies to the next one
             if web.needs_auth(request.target):
-                await self._send(conn, await self._respond(web, request, close))
-            else:  # no coroutine more than before for the scrapes that need no password
+                await self._send(conn, await self._authenticated(web, request, close))
+            else:  # _respond's fast path inline: no coroutine more than before for a scrape without a password
                 await self._send(conn, self._answer(request, close, web))
             if close:
                 return
@@ -527,8 +527,15 @@ class HttpServer:
                 await reader.readexactly(length)
         return request
 
-    async def _respond(self, web: WebConfig, request: Request, close: bool) -> bytes:
-        """The answer, once the request has shown the basic auth its path needs."""
+    async def _respond(self, request: Request, close: bool) -> bytes:
+        """The answer to one request under the current web config (what _requests does inline)."""
+        web = self._web()
+        if web.needs_auth(request.target):
+            return await self._authenticated(web, request, close)
+        return self._answer(request, close, web)
+
+    async def _authenticated(self, web: WebConfig, request: Request, close: bool) -> bytes:
+        """The answer, once the request has shown the basic auth its path needs; 401 otherwise."""
         auth = web.auth
         if auth is not None and not await self._authorized(auth, request.headers.get("authorization")):
             self._count("unauthorized")
