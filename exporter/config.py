@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from exporter.attribution.gpu_table import GPU_TABLE, lookup
+from exporter.attribution.gpu_table import DATASHEETS, GPU_TABLE, lookup, lookup_datasheet
 from exporter.redact import redact_url
 from exporter.sources.energy import EnergyMode, EnergyOptions
 from exporter.sources.gpu_discovery import parse_gpu_list
@@ -105,7 +105,10 @@ class Settings(BaseSettings):
         None, description="This pod's namespace, as dcgm-exporter's labels give it (downward API: metadata.namespace)."
     )
     gpu_type: str | None = Field(
-        None, description="GPU table entry (H100, H200, A100, L40S, L4, A10G) when NVML cannot name it."
+        None,
+        description="GPU table entry when NVML cannot name it: H100, H200, A100, L40S, L4, A10G; with "
+        "--idle-watts and --decode-watts also B200, B300, GB200, H20, RTX PRO 6000 BLACKWELL SERVER or "
+        "WORKSTATION, MI300X, MI325X (their datasheets give no idle or decode power).",
     )
     gpu_count: int | None = Field(None, ge=1, le=64, description="GPUs for the phase model when --gpus is not given.")
     idle_watts: float | None = Field(
@@ -274,9 +277,34 @@ class Settings(BaseSettings):
     @field_validator("gpu_type")
     @classmethod
     def _gpu_type(cls, value: str | None) -> str | None:
-        if value is not None and lookup(value) is None:
-            raise ValueError(f"unknown GPU; known: {', '.join(sorted(GPU_TABLE))}")
+        if value is not None and lookup(value) is None and lookup_datasheet(value) is None:
+            raise ValueError(f"unknown GPU; known: {', '.join(sorted({*GPU_TABLE, *DATASHEETS}))}")
         return value
+
+    def _datasheet_problems(self) -> list[tuple[str, str]]:
+        """A GPU known only by its datasheet needs the power figures no public source gives, and
+        one without NVML (AMD) can only be modelled."""
+        sheet = lookup_datasheet(self.gpu_type) if self.gpu_type is not None and lookup(self.gpu_type) is None else None
+        if sheet is None:
+            return []
+        problems = []
+        missing = [flag_name(f) for f in ("idle_watts", "decode_watts") if getattr(self, f) is None]
+        if missing:
+            problems.append(
+                (
+                    "gpu_type",
+                    f"{sheet.key}: no public source gives its idle and decode power; set {' and '.join(missing)}",
+                )
+            )
+        if not sheet.nvml and self.energy_source in (EnergyMode.NVML, EnergyMode.DCGM, EnergyMode.PLUGIN):
+            problems.append(
+                (
+                    "gpu_type",
+                    f"{sheet.key} has no NVML (nor dcgm-exporter, nor the plugin's readings): set "
+                    f"{flag_name('energy_source')} to phase-model or auto",
+                )
+            )
+        return problems
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -307,6 +335,7 @@ class Settings(BaseSettings):
                         )
                     )
         problems.extend(self._dcgm_problems())
+        problems.extend(self._datasheet_problems())
         if problems:
             # Raised against the fields themselves, so the message names each setting's flag.
             raise ValidationError.from_exception_data(
@@ -369,6 +398,8 @@ class Settings(BaseSettings):
             energy_source=self.energy_source,
             gpus=self.gpus,
             gpu_type=self.gpu_type,
+            idle_watts=self.idle_watts,
+            decode_watts=self.decode_watts,
             gpu_count=self.gpu_count,
             power_sample_hz=self.power_sample_hz,
             dcgm_url=self.dcgm_url,

@@ -16,7 +16,7 @@ from typing import Any, Protocol, cast
 import httpx
 from structlog.typing import FilteringBoundLogger
 
-from exporter.attribution.gpu_table import GPU_TABLE, GpuSpec, lookup
+from exporter.attribution.gpu_table import GPU_TABLE, GpuSpec, UnknownFigures, lookup, lookup_datasheet
 from exporter.attribution.readings import EnergySnapshot, GpuIdentity
 from exporter.sources.dcgm import DEFAULT_OPEN_WAIT, FIDELITY, DcgmEnergySource, DcgmUnavailable
 from exporter.sources.gpu_discovery import (
@@ -62,6 +62,8 @@ class EnergyOptions:
     gpus: str | None = None  # comma-separated indices or UUIDs, already validated
     gpu_type: str | None = None
     gpu_count: int | None = None  # for the phase model when no GPU is named
+    idle_watts: float | None = None  # per GPU: completes a GPU known only by its datasheet
+    decode_watts: float | None = None
     power_sample_hz: float = 20.0
     dcgm_url: str | None = None  # dcgm-exporter's metrics page; None: DCGM is never tried
     dcgm_pod: str | None = None  # this pod as dcgm-exporter's pod labels name it
@@ -272,14 +274,21 @@ def _visible_count(nvml: Any) -> int | None:
 
 
 def _spec(options: EnergyOptions, nvml_name: str | None) -> tuple[GpuSpec, str | None]:
-    if options.gpu_type is not None:
-        spec = lookup(options.gpu_type)
+    """The GPU's figures: the setting's, else NVML's name's; a GPU known only by its datasheet is
+    completed with the declared idle and decode power, or falls back to the default, loudly."""
+    for name in (options.gpu_type, nvml_name):
+        if name is None:
+            continue
+        spec = lookup(name)
         if spec is not None:
             return spec, None
+        sheet = lookup_datasheet(name)
+        if sheet is not None:
+            try:
+                return sheet.complete(options.idle_watts, options.decode_watts), None
+            except UnknownFigures as err:
+                return GPU_TABLE[DEFAULT_GPU], f"{err} (assuming {DEFAULT_GPU} figures meanwhile)"
     if nvml_name is not None:
-        spec = lookup(nvml_name)
-        if spec is not None:
-            return spec, None
         return GPU_TABLE[DEFAULT_GPU], (
             f"GPU {nvml_name!r} is not in the GPU table; assuming {DEFAULT_GPU} figures (set gpu_type)"
         )

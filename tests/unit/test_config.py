@@ -398,3 +398,15 @@ def test_a_bad_web_config_file_is_a_start_up_error_naming_the_setting(tmp_path, 
         _web_config(Settings(web_config_file=str(path)), structlog.get_logger())
     prefix = "setting web_config_file (--web-config-file / TOKEN_ECONOMY_WEB_CONFIG_FILE): "
     assert str(err.value).startswith(prefix) and shown in str(err.value) and "hunter2" not in str(err.value)
+
+
+def test_a_gpu_known_by_its_datasheet_needs_the_power_no_public_source_gives():
+    Settings(gpu_type="B200", idle_watts=140, decode_watts=600)
+    with pytest.raises(ValidationError, match="--idle-watts and --decode-watts"):
+        Settings(gpu_type="B200")
+    # AMD has no NVML: modelled (phase-model, or auto, which ends there), never measured by us.
+    Settings(gpu_type="MI300X", idle_watts=140, decode_watts=500, energy_source="phase-model")
+    with pytest.raises(ValidationError, match="no NVML"):
+        Settings(gpu_type="MI300X", idle_watts=140, decode_watts=500, energy_source="nvml")
+    with pytest.raises(ValidationError, match="known: .*B200.*MI325X"):
+        Settings(gpu_type="B100")

@@ -161,3 +161,19 @@ def test_opening_logs_one_event(clock):
     setup.source.close()
     assert [e for e, _ in events] == ["energy_source_opened"]
     assert events[0][1]["mode"] == "nvml" and events[0][1]["methods"] == ["counter"]
+
+
+def test_a_gpu_known_by_its_datasheet_takes_the_declared_idle_and_decode_power(clock):
+    options = EnergyOptions(idle_watts=140.0, decode_watts=600.0)
+    setup = open_energy_source(options, fake(clock, name="NVIDIA B200"), clock)
+    setup.source.close()
+    spec = setup.gpu_spec
+    assert (spec.key, spec.idle_watts, spec.decode_watts, setup.fallback_reason) == ("B200", 140.0, 600.0, None)
+    assert spec.prefill_watts == spec.board_limit_watts == 1000.0  # the published board limit
+
+
+def test_without_them_it_falls_back_loudly_naming_the_settings(clock):
+    setup = open_energy_source(EnergyOptions(), fake(clock, name="NVIDIA B200"), clock)
+    setup.source.close()
+    assert setup.gpu_spec == GPU_TABLE["H100"]
+    assert "--idle-watts and --decode-watts" in setup.fallback_reason and "B200" in setup.fallback_reason
