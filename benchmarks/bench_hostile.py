@@ -834,6 +834,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown classes: {', '.join(sorted(unknown))}")
     seconds = 3.0 if args.quick else args.seconds
+    # Stopped by a signal, the run still stops the exporter and the adversary (its `finally`),
+    # also where a background start left SIGINT ignored.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(f"{len(classes)} classes, {seconds:g} s each, a legitimate scrape every {SCRAPE_EVERY * 1e3:.0f} ms, "
           f"{os.cpu_count()} CPUs", file=sys.stderr)  # fmt: skip
     phases = run(seconds, classes)
