@@ -18,6 +18,7 @@ from exporter.sources.exposition import complete, labels, samples, value_of
 _WANTED = tuple(family.name for family in f.FAMILIES)
 _BY_NAME = {family.name: family for family in f.FAMILIES}
 _DETAILS = "scheduler_stats.iteration_details"
+_FRACTIONS = frozenset({f.KV_USAGE})  # gauges of a share: 0..1, as vLLM's page's are held
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +56,14 @@ def _rows(text: str) -> tuple[Rows, list[str]]:
         value = value_of(rest)
         if value is None:
             continue
-        if not usable(value):
+        if not usable(value) or (family in _FRACTIONS and value > 1.0):
             rejected.append("bad_value")
             continue
         found = labels(label_text) if label_text else {}
-        key = tuple(found.get(label, "") for label in family.labels)
+        # An absent model_name is the model "unknown": one series whichever way a page says it.
+        key = tuple(
+            found.get(label) or "unknown" if label == "model_name" else found.get(label, "") for label in family.labels
+        )
         if key in rows[family] or (name, key) in duplicated:
             rejected.append("duplicate_series")
             rows[family].pop(key, None)

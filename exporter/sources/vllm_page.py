@@ -30,6 +30,7 @@ _CACHE_CONFIG = "vllm:cache_config_info"
 _WANTED = frozenset(_FIELDS) | {_BY_SOURCE, _CACHE_CONFIG}
 
 MAX_CAPACITY_TOKENS = float(2**40)  # a KV cache of a trillion tokens is beyond any node
+UNKNOWN_MODEL = "unknown"
 _GAUGES = {"kv_cache_usage": 1.0, "requests_running": None, "requests_waiting": None}  # field -> upper bound
 
 # Families whose absence changes what we can say; reported once so users know what degraded.
@@ -59,7 +60,8 @@ def parse(text: str, timestamp: float) -> VllmSnapshot:
             if tokens is not None:
                 capacity[engine] = tokens
             continue
-        key = (found.get("model_name", ""), engine)
+        # An absent model_name is the model "unknown": the same engine whichever way a page says it.
+        key = (found.get("model_name") or UNKNOWN_MODEL, engine)
         if name == _BY_SOURCE:
             if found.get("source") != "local_compute":
                 continue
@@ -81,7 +83,7 @@ def parse(text: str, timestamp: float) -> VllmSnapshot:
     if not rows:
         raise SourceError("parse", "no usable vLLM samples")
     engines = tuple(
-        EngineSample(model_name=model or "unknown", engine=engine, kv_cache_capacity_tokens=capacity.get(engine), **row)
+        EngineSample(model_name=model, engine=engine, kv_cache_capacity_tokens=capacity.get(engine), **row)
         for (model, engine), row in rows.items()
     )
     missing = frozenset(name for name in ESSENTIAL if name not in seen)

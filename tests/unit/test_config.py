@@ -408,5 +408,5 @@ def test_a_gpu_known_by_its_datasheet_needs_the_power_no_public_source_gives():
     Settings(gpu_type="MI300X", idle_watts=140, decode_watts=500, energy_source="phase-model")
     with pytest.raises(ValidationError, match="no NVML"):
         Settings(gpu_type="MI300X", idle_watts=140, decode_watts=500, energy_source="nvml")
-    with pytest.raises(ValidationError, match="known: .*B200.*MI325X"):
+    with pytest.raises(ValidationError, match=r"known: .*B200.*MI325X"):
         Settings(gpu_type="B100")

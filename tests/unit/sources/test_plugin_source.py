@@ -14,6 +14,7 @@ from exporter.attribution.readings import EnergySnapshot, GpuIdentity, GpuReadin
 from exporter.plugin.state import EnergyTotals, Identity, table
 from exporter.plugin.steps import StepCounter
 from exporter.sources import plugin_families as f
+from exporter.sources import plugin_page
 from exporter.sources.errors import SourceError
 from exporter.sources.plugin import MAX_FILE_BYTES, PluginDirectory, PluginEnergy, WorkReader
 from exporter.sources.vllm import VllmSource
@@ -171,3 +172,12 @@ def test_the_energy_setting_decides_who_may_answer():
     assert _energy_reader(EnergyMode.NVML, work, opened).read().origin == "nvml"  # an explicit choice holds
     plugin_only = _energy_reader(EnergyMode.PLUGIN, work, opened)
     assert opened.closed and plugin_only.read().origin == "plugin"
+
+
+def test_a_share_above_one_is_no_share():
+    gauge = "token_economy_plugin_kv_cache_usage_ratio{"
+    lines = [
+        line.rsplit(" ", 1)[0] + " 1e15" if line.startswith(gauge) else line for line in plugin_text().splitlines()
+    ]
+    reading = plugin_page.parse("\n".join(lines) + "\n")
+    assert reading.engines[0].kv_cache_usage is None and reading.rejected == ("bad_value",)
