@@ -285,8 +285,9 @@ def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpe
     registry.register(LedgerCollector(ledger, build_labels(settings, energy, model), attributor.prices))
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
+    cache = MetricsCache(registry, ledger)
     routes = Routes(
-        MetricsCache(registry, ledger),
+        cache,
         ledger,
         settings.vllm_url_display,
         energy.mode,
@@ -297,7 +298,17 @@ def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpe
     work = _work_reader(settings)
     energy_reader = _energy_reader(EnergyMode(settings.energy_source), work, energy.source)
     keeper = _resume(settings, attributor, energy, model, log)
-    loop = CollectionLoop(work, energy_reader, attributor, ledger, log, settings.interval, keeper=keeper)
+    loop = CollectionLoop(
+        work,
+        energy_reader,
+        attributor,
+        ledger,
+        log,
+        settings.interval,
+        keeper=keeper,
+        http_events=lambda: server.counts,
+        published=cache.warm,
+    )
     return App(loop, server, [work.close, energy_reader.close], log, ledger, attributor, web)
 
 

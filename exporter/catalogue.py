@@ -361,6 +361,16 @@ CATALOGUE = Catalogue((
         readme="time spent in one tick",
     ),
     Family(
+        "http_server_events_total", Kind.COUNTER, ("event",),
+        "What the exporter's own HTTP server saw: connections, and those it closed or refused.",
+        lambda v, c: _by(v.http_events),
+        readme="the exporter's HTTP server, by `event`: `connections` accepted, `evicted` (idle, closed to make "
+        "room under the cap), `refused`, `accept_errors`, `timeouts` (head or idle), `bad_requests` (answered "
+        "400/413/431), `tls_errors`, `unauthorized` (401), `internal_errors`, `loop_errors`; counted as of the "
+        "last tick, never logged per connection",
+        readme_labels="event",
+    ),
+    Family(
         "last_tick_timestamp_seconds", Kind.GAUGE, (),
         "Unix time of the last completed tick.",
         lambda v, c: _one(v.last_tick_unixtime),

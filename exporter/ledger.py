@@ -78,6 +78,8 @@ class TickRecord:
     # Who supplied this tick's readings: {"vllm": "plugin" | "vllm", "energy": "plugin" | "nvml" | ...}
     origins: Mapping[str, str] = field(default_factory=_empty)
     energy_modelled: bool | None = None  # None: no energy reading this tick
+    # The HTTP server's own counts as of this tick (connections, rejections, timeouts...).
+    http_events: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,7 @@ class LedgerView:
     # Totals of models not seen for long, out of the exposition until they return (then their
     # counters go on from these, never from zero: a reset would read as a burst to rate()).
     archive: Mapping[str, Mapping[str, Mapping[Any, float]]] = field(default_factory=_empty)
+    http_events: Mapping[str, float] = field(default_factory=_empty)  # the server's counts, as of the tick
 
     @classmethod
     def initial(cls, sources: Iterable[str] = SOURCES) -> LedgerView:
@@ -144,6 +147,7 @@ class LedgerView:
             source_errors=_frozen(source_errors),
             origins=_frozen({**self.origins, **record.origins}) if record.origins else self.origins,
             energy_modelled=self.energy_modelled if record.energy_modelled is None else record.energy_modelled,
+            http_events=self.http_events if record.http_events is None else _frozen(dict(record.http_events)),
         )
         if record.result is None:
             return view

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
 from structlog.typing import FilteringBoundLogger
@@ -38,9 +38,13 @@ class CollectionLoop:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         keeper: Callable[[dict[str, object]], None] | None = None,
+        http_events: Callable[[], Mapping[str, float]] | None = None,
+        published: Callable[[], None] | None = None,
     ) -> None:
         """`keeper`: given the core's state after each tick in which its costs were fitted again
-        (the state file's `save`); a failure is logged once per episode and costs nothing else."""
+        (the state file's `save`); a failure is logged once per episode and costs nothing else.
+        `http_events`: the HTTP server's counts, published with each tick. `published`: called
+        after each publication (the exposition cache renders the new view there)."""
         self._vllm = vllm
         self._energy = energy
         self._attributor = attributor
@@ -51,6 +55,8 @@ class CollectionLoop:
         self._wall = wall_clock
         self._episodes = {name: Episode(log, name) for name in ("vllm", "energy", "exporter", "state")}
         self._keeper = keeper
+        self._http_events = http_events
+        self._published = published
         self._kept_fits = 0
         self._overflow_logged = False
         self._gpu_episodes: dict[str, Episode] = {}
@@ -84,8 +90,11 @@ class CollectionLoop:
                 ready=ready,
                 origins=origins,
                 energy_modelled=modelled,
+                http_events=self._http_events() if self._http_events is not None else None,
             )
         )
+        if self._published is not None:
+            self._published()
         self._keep(result)
 
     def _keep(self, result: TickResult) -> None:

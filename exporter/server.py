@@ -123,6 +123,21 @@ class MetricsCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def warm(self) -> None:
+        """Render again every format a scraper has asked for, for the ledger's new version: called
+        by the loop right after it publishes, so the tick's thread pays for the render and the
+        first scrape after a tick finds its page ready (it waited on the render, GIL and all)."""
+        key = (self._ledger.version, int(self._clock() / self._max_age))
+        with self._lock:
+            for (fmt, compressed), (made, _) in list(self._entries.items()):
+                if made != key:
+                    encoder, _content_type = choose_encoder(FORMATS[fmt])
+                    body = encoder(self._registry)
+                    self._entries[(fmt, compressed)] = (
+                        key,
+                        gzip.compress(body, compresslevel=1) if compressed else body,
+                    )
+
     def render(self, accept: str, accept_encoding: str) -> tuple[bytes, str, bool]:
         fmt = metrics_format(accept)
         encoder, content_type = choose_encoder(FORMATS[fmt])

@@ -227,3 +227,31 @@ def test_the_web_configs_headers_follow_the_servers_own():
 
 def test_tls_and_auth_trouble_is_counted():
     assert {"tls_errors", "unauthorized"} <= set(COUNTS)
+
+
+class CountingRegistry(CollectorRegistry):
+    """A registry that counts how often it is collected, i.e. how often a page is rendered."""
+
+    def __init__(self):
+        super().__init__(auto_describe=False)
+        self.renders = 0
+
+    def collect(self):
+        self.renders += 1
+        yield from super().collect()
+
+
+def test_the_tick_renders_the_page_a_scraper_asked_for_so_the_next_scrape_finds_it_ready():
+    ledger = Ledger()
+    registry = CountingRegistry()
+    registry.register(LedgerCollector(ledger, dict.fromkeys(BUILD_LABELS, "t")))
+    cache = MetricsCache(registry, ledger, clock=lambda: 0.0)
+    first, _, _ = cache.render("text/plain", "gzip")
+    assert registry.renders == 1
+    ledger.publish(TickRecord({}, TickResult(tokens={("m", "input"): 5.0}, models=("m",)), unixtime=1.0))
+    cache.warm()  # the loop calls it right after publishing
+    assert registry.renders == 2
+    body, _, _ = cache.render("text/plain", "gzip")
+    assert registry.renders == 2 and body != first  # the new view, rendered on the tick's thread
+    cache.warm()  # nothing new: nothing rendered
+    assert registry.renders == 2
