@@ -152,8 +152,14 @@ def _by(mapping: Mapping[str, float]) -> list[Sample]:
     return [((key,), value) for key, value in mapping.items()]
 
 
+def _followed(view: LedgerView) -> list[str]:
+    """Every model with series of its own: those of the latest reading and those still counted
+    (not yet gone for long), so a model missing from one page does not lose its series for it."""
+    return list(dict.fromkeys([*view.models, *(model for model, _cls in view.tokens)]))
+
+
 def _per_model(view: LedgerView, value: float) -> list[Sample]:
-    return [((model,), value) for model in view.models]
+    return [((model,), value) for model in _followed(view)]
 
 
 def _price(pick: Callable[[Prices], float], with_currency: bool) -> ValueOf:
@@ -180,7 +186,7 @@ def _cost(view: LedgerView, c: Configured) -> list[Sample]:
 
 
 def _per_driver(view: LedgerView, index: int) -> list[Sample]:
-    return [((m, driver), pair[index]) for m in view.models for driver, pair in view.coefficients.items()]
+    return [((m, driver), pair[index]) for m in _followed(view) for driver, pair in view.coefficients.items()]
 
 
 def _paired(mapping: Mapping[ClassKey, tuple[float, float]], index: int) -> list[Sample]:

@@ -100,3 +100,22 @@ def test_a_departed_model_leaves_the_exposition_and_returns_without_a_reset():
     for t in range(50, 53):
         run(loop, vllm, energy, t)
     assert tokens(registry, "a") >= before  # went on from its total: no reset for rate() to see
+
+
+def test_a_model_missing_from_one_page_keeps_its_series_until_it_expires():
+    loop, _ledger, vllm, energy, registry = rig(limit=4, expiry=30.0)
+    vllm.names = ("a", "b")
+    for t in range(5):
+        run(loop, vllm, energy, t)
+    vllm.names = ("b",)
+    run(loop, vllm, energy, 5)
+
+    def fits_series():
+        return {
+            s.labels["model_name"]
+            for family in text_string_to_metric_families(generate_latest(registry).decode())
+            for s in family.samples
+            if s.name == "token_economy_attribution_fits_total"
+        }
+
+    assert fits_series() == {"a", "b"}  # no flapping series for a model absent from one page
