@@ -575,6 +575,8 @@ OTHER_VARIABLES = frozenset(
         "TOKEN_ECONOMY_PLUGIN_STEP_LOGS",
         "TOKEN_ECONOMY_VLLM_PYTHON",
         "TOKEN_ECONOMY_VLLM_VENV",
+        "TOKEN_ECONOMY_K8S_TOOLS",  # scripts/test.sh: where helm and kubectl live
+        "TOKEN_ECONOMY_TOOLS_CACHE",
     }
 )
 

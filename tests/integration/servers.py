@@ -48,6 +48,18 @@ def tool(*names: str) -> str:
     pytest.fail(f"{' or '.join(names)} not found on PATH. Install the real tools:\n  {INSTALL_HINT}", pytrace=False)
 
 
+def stop_process(proc: subprocess.Popen[Any]) -> int | None:
+    """SIGTERM by its PID, SIGKILL if it has not ended 10 s later; its exit status."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    return proc.returncode
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.25, what: str = "condition") -> Any:
     """Poll predicate() until it returns something truthy; that value. AssertionError on timeout."""
     deadline = time.monotonic() + timeout
@@ -107,13 +119,7 @@ class Server:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_process(self.proc)
         if self._log is not None:
             self._log.close()
             self._log = None

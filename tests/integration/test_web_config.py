@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.e2e.vllm_server import HOST, free_port
-from tests.integration.servers import Prometheus, tool, wait_until
+from tests.integration.servers import Prometheus, stop_process, tool, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -164,16 +164,7 @@ class Exporter:
         return self
 
     def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        return self.proc.returncode
+        return None if self.proc is None else stop_process(self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -410,3 +410,11 @@ def test_a_gpu_known_by_its_datasheet_needs_the_power_no_public_source_gives():
         Settings(gpu_type="MI300X", idle_watts=140, decode_watts=500, energy_source="nvml")
     with pytest.raises(ValidationError, match=r"known: .*B200.*MI325X"):
         Settings(gpu_type="B100")
+
+
+def test_the_variables_the_scripts_set_are_not_called_unknown():
+    # The exporter warns about TOKEN_ECONOMY_* variables no setting reads; the test command's own
+    # (scripts/test.sh exports them to every process it starts) must not be among them.
+    scripts = Path(__file__).resolve().parents[2] / "scripts"
+    used = {m for f in scripts.glob("*.sh") for m in re.findall(r"TOKEN_ECONOMY_[A-Z0-9_]+", f.read_text())}
+    assert used and not unknown_environment(dict.fromkeys(used, ""))
