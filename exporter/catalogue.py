@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from exporter.attribution.api_prices import ApiPrice
 from exporter.attribution.pricing import Prices
 from exporter.attribution.readings import GpuIdentity
 from exporter.attribution.split import ClassKey
@@ -53,6 +54,8 @@ class Configured:
 
     build: Mapping[str, str]  # build_info's labels
     prices: Prices | None = None
+    api_prices: tuple[ApiPrice, ...] = ()  # reference API price lists, to compare self-hosting with
+    break_even_reference: str | None = None  # the one the break-even alert watches
 
     @property
     def currency(self) -> str:
@@ -175,6 +178,20 @@ def _price(pick: Callable[[Prices], float], with_currency: bool) -> ValueOf:
 MODEL_CLASS = ("model_name", "token_class")
 MODEL_DRIVER = ("model_name", "driver")
 MODEL = ("model_name",)
+
+
+def _per_model_labels(view: LedgerView, labels: Labels) -> list[Sample]:
+    return [((model, *labels), 1.0) for model in _followed(view)]
+
+
+def _api_prices(view: LedgerView, c: Configured) -> list[Sample]:
+    """Per model served, so that PromQL joins a price to the model's tokens one to one."""
+    return [
+        ((model, price.reference, cls, price.currency), value)
+        for model in _followed(view)
+        for price in c.api_prices
+        for cls, value in price.per_million.items()
+    ]
 
 
 def _gpus(mapping: Mapping[GpuIdentity, float]) -> list[Sample]:
@@ -406,6 +423,22 @@ CATALOGUE = Catalogue((
         "Configured grams CO2e per kWh.",
         _price(lambda p: p.grams_co2_per_kwh, with_currency=False),
         readme="configured grid carbon intensity",
+    ),
+    # Reference API price lists: what the same traffic would cost bought per token (break-even).
+    Family(
+        "api_price_per_million_tokens", Kind.GAUGE, ("model_name", "reference", "token_class", "currency"),
+        "Configured price of a reference API per million tokens of the class, repeated for each model served.",
+        _api_prices,
+        readme="a reference API's price per million tokens (`--api-prices`), for each model served, so that rules "
+        "can price the same traffic at it",
+        readme_labels="model_name, reference, token_class (input, cached_input, output), currency",
+    ),
+    Family(
+        "break_even_reference_info", Kind.GAUGE, ("model_name", "reference"),
+        "The reference API price list the break-even alert compares the model with; always 1.",
+        lambda v, c: [] if c.break_even_reference is None else _per_model_labels(v, (c.break_even_reference,)),
+        readme="constant 1 for the price list `TokenEconomySelfHostingCostsMore` watches "
+        "(`--break-even-alert-reference`, default the first)",
     ),
     Family(
         "build_info", Kind.GAUGE, (*BUILD_LABELS, "work_source"),

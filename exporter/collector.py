@@ -9,6 +9,7 @@ from typing import cast
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
+from exporter.attribution.api_prices import ApiPrice
 from exporter.attribution.pricing import Prices
 from exporter.catalogue import (
     BUILD_LABELS,
@@ -51,13 +52,16 @@ class LedgerCollector(Collector):
         build_labels: Mapping[str, str],
         prices: Prices | None = None,
         catalogue: Catalogue = CATALOGUE,
+        *,
+        api_prices: tuple[ApiPrice, ...] = (),
+        break_even_reference: str | None = None,
     ) -> None:
         if set(build_labels) != set(BUILD_LABELS):
             raise ValueError(
                 f"build_info takes exactly the labels {', '.join(BUILD_LABELS)}; got {sorted(build_labels)}"
             )
         self._ledger = ledger
-        self._constants = Configured(dict(build_labels), prices)
+        self._constants = Configured(dict(build_labels), prices, api_prices, break_even_reference)
         self._catalogue = catalogue
 
     def describe(self) -> list[Metric]:

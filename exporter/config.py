@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from exporter.attribution.api_prices import ApiPrice, parse_api_prices
 from exporter.attribution.gpu_table import DATASHEETS, GPU_TABLE, lookup, lookup_datasheet
 from exporter.redact import redact_url
 from exporter.sources.energy import EnergyMode, EnergyOptions
@@ -170,6 +171,16 @@ class Settings(BaseSettings):
     )
     electricity_with_rental: bool = Field(
         False, description="Count electricity on top of a GPU rental price (most rental prices include power)."
+    )
+    api_prices: str | None = Field(
+        None,
+        max_length=4096,
+        description="Reference API price lists to compare self-hosting with: NAME=INPUT/CACHED_INPUT/OUTPUT per "
+        "million tokens in --currency, comma-separated (e.g. mini=0.15/0.075/0.60).",
+    )
+    break_even_alert_reference: str | None = Field(
+        None,
+        description="The API price list the break-even alert compares with; default: the first of --api-prices.",
     )
     pue: float = Field(1.0, ge=1, le=5, description="Data-centre power usage effectiveness.")
     grid_carbon_intensity: float = Field(0.0, ge=0, le=5000, description="Grams CO2e per kWh drawn from the grid.")
@@ -336,6 +347,7 @@ class Settings(BaseSettings):
                     )
         problems.extend(self._dcgm_problems())
         problems.extend(self._datasheet_problems())
+        problems.extend(self._api_price_problems())
         if problems:
             # Raised against the fields themselves, so the message names each setting's flag.
             raise ValidationError.from_exception_data(
@@ -346,6 +358,28 @@ class Settings(BaseSettings):
                 ],
             )
         return self
+
+    def _api_price_problems(self) -> list[tuple[str, str]]:
+        try:
+            references = [price.reference for price in self.api_price_lists]
+        except ValueError as err:
+            return [("api_prices", str(err))]
+        chosen = self.break_even_alert_reference
+        if chosen is not None and chosen not in references:
+            known = ", ".join(references) or f"none: set {flag_name('api_prices')}"
+            return [("break_even_alert_reference", f"{chosen!r} is not one of the API price lists ({known})")]
+        return []
+
+    @property
+    def api_price_lists(self) -> tuple[ApiPrice, ...]:
+        """The reference price lists; ValueError where --api-prices is malformed (validated at start-up)."""
+        return parse_api_prices(self.api_prices or "", self.currency)
+
+    @property
+    def break_even_reference(self) -> str | None:
+        """The price list the break-even alert watches: the one chosen, else the first."""
+        lists = self.api_price_lists
+        return self.break_even_alert_reference or (lists[0].reference if lists else None)
 
     def _dcgm_problems(self) -> list[tuple[str, str]]:
         problems = []
@@ -477,6 +511,8 @@ COMPUTED_DEFAULTS = {
     "state_file": "none (start from the prior)",
     "web_config_file": "none (plain HTTP, no authentication)",
     "dcgm_url": "none",
+    "api_prices": "none (no break-even)",
+    "break_even_alert_reference": "the first of api_prices",
     "dcgm_pod": "none",
     "dcgm_namespace": "none",
     "idle_watts": "GPU table",

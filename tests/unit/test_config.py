@@ -418,3 +418,19 @@ def test_the_variables_the_scripts_set_are_not_called_unknown():
     scripts = Path(__file__).resolve().parents[2] / "scripts"
     used = {m for f in scripts.glob("*.sh") for m in re.findall(r"TOKEN_ECONOMY_[A-Z0-9_]+", f.read_text())}
     assert used and not unknown_environment(dict.fromkeys(used, ""))
+
+
+def test_api_price_lists_are_checked_at_start_up_and_name_the_alerts_reference():
+    settings = Settings(api_prices="small=0.15/0.075/0.6,large=2.5/1.25/10", currency="USD")
+    assert [p.reference for p in settings.api_price_lists] == ["small", "large"]
+    assert settings.break_even_reference == "small"  # the first, unless one is chosen
+    assert Settings(api_prices="small=1/1/1,large=2/2/2", break_even_alert_reference="large").break_even_reference == (
+        "large"
+    )
+    assert Settings().api_price_lists == () and Settings().break_even_reference is None
+    with pytest.raises(ValidationError, match=r"api_prices\n.*priced in EUR, but costs are counted in USD"):
+        Settings(api_prices="small=1/1/1@EUR")
+    with pytest.raises(ValidationError, match=r"'huge' is not one of the API price lists \(small\)"):
+        Settings(api_prices="small=1/1/1", break_even_alert_reference="huge")
+    with pytest.raises(ValidationError, match="none: set --api-prices"):
+        Settings(break_even_alert_reference="small")

@@ -120,3 +120,39 @@ def test_configured_prices_are_series_for_promql():
     assert value(m, "token_economy_electricity_price_per_kwh", currency="EUR") == 0.3
     assert value(m, "token_economy_pue") == 1.2
     assert value(m, "token_economy_grid_carbon_intensity_grams_per_kwh") == 380.0
+
+
+def test_api_price_lists_are_series_per_model_served(rig):
+    from exporter.attribution.api_prices import parse_api_prices
+
+    loop, ledger, vllm, energy, _ = rig
+    step(loop, vllm, energy, 0.0, 0, 0)
+    step(loop, vllm, energy, 1.0, 100, 50)
+    registry = CollectorRegistry(auto_describe=False)
+    lists = parse_api_prices("small=0.15/0.075/0.6,large=2.5/1.25/10", "EUR")
+    registry.register(LedgerCollector(ledger, BUILD, api_prices=lists, break_even_reference="large"))
+    m = samples(registry)
+    models = {dict(labels)["model_name"] for name, labels in m if name == "token_economy_tokens_total"}
+    assert models
+    for model in models:
+        price = {"model_name": model, "currency": "EUR"}
+        assert (
+            value(m, "token_economy_api_price_per_million_tokens", reference="small", token_class="input", **price)
+            == 0.15
+        )
+        assert (
+            value(m, "token_economy_api_price_per_million_tokens", reference="large", token_class="output", **price)
+            == 10
+        )
+        assert value(m, "token_economy_break_even_reference_info", model_name=model, reference="large") == 1
+    priced = [labels for name, labels in m if name == "token_economy_api_price_per_million_tokens"]
+    assert len(priced) == len(models) * 2 * 3
+
+
+def test_without_price_lists_there_are_no_break_even_series(rig):
+    loop, _, vllm, energy, registry = rig
+    step(loop, vllm, energy, 0.0, 0, 0)
+    step(loop, vllm, energy, 1.0, 100, 50)
+    names = {name for name, _ in samples(registry)}
+    assert "token_economy_tokens_total" in names  # a model is served, and still no price series
+    assert not names & {"token_economy_api_price_per_million_tokens", "token_economy_break_even_reference_info"}
