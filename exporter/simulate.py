@@ -16,7 +16,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from exporter.app import App, StartupError, build
+from exporter.attribution.api_prices import ApiPrice, break_even
 from exporter.attribution.gpu_table import GPU_TABLE
+from exporter.attribution.pricing import RENTAL, CostKey
 from exporter.attribution.readings import EnergySnapshot
 from exporter.attribution.token_class import IDLE, TOKEN_CLASSES, TokenClass
 from exporter.config import Settings, describe_errors
@@ -85,6 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--gpu-hourly-price", type=float, default=3.0, help="rental price of one GPU-hour")
     arg("--currency", default="USD", help="ISO 4217 code of the price")
     arg(
+        "--api-prices",
+        default=None,
+        help="reference API price lists, NAME=INPUT/CACHED_INPUT/OUTPUT per million tokens in --currency, "
+        "comma-separated: the summary shows the break-even against each",
+    )
+    arg(
         "--state-file",
         type=Path,
         default=None,
@@ -114,6 +122,7 @@ def _settings(args: argparse.Namespace, page: MetricsServer) -> Settings:
         interval=args.interval,
         gpu_hourly_price=args.gpu_hourly_price,
         currency=args.currency,
+        api_prices=args.api_prices,
         log_format="console",
         log_level="warning",
         # The fit window is virtual time (the energy readings carry it).
@@ -160,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     )
     host = settings.listen_host_port[0].replace("0.0.0.0", "127.0.0.1")
     print(f"exporter at http://{host}:{app.server.port}/metrics", flush=True)
-    _serve(app, sim, page, args, SplitCheck(meter))
+    _serve(app, sim, page, args, SplitCheck(meter), settings.api_price_lists)
     return 0
 
 
@@ -217,7 +226,14 @@ class SplitCheck:
         return f"split error vs oracle since start: input {error_in:+6.1%}  output {error_out:+6.1%}   {trusted}"
 
 
-def _serve(app: App, sim: Simulation, page: MetricsServer, args: argparse.Namespace, check: SplitCheck) -> None:
+def _serve(
+    app: App,
+    sim: Simulation,
+    page: MetricsServer,
+    args: argparse.Namespace,
+    check: SplitCheck,
+    api_prices: tuple[ApiPrice, ...] = (),
+) -> None:
     stop = threading.Event()
     worker = threading.Thread(target=app.run, args=(stop,), name="exporter", daemon=True)
     worker.start()
@@ -226,7 +242,7 @@ def _serve(app: App, sim: Simulation, page: MetricsServer, args: argparse.Namesp
     try:
         while time.monotonic() < deadline:
             time.sleep(max(min(args.refresh, deadline - time.monotonic()), 0.01))
-            print(summary(app, sim, args.currency, check), flush=True)
+            print(summary(app, sim, args.currency, check, api_prices), flush=True)
             if legend:  # once, under the first summary
                 print(legend, flush=True)
                 legend = ""
@@ -246,7 +262,9 @@ def _by_class(items: Iterable[tuple[tuple[Any, ...], float]]) -> dict[TokenClass
     return totals
 
 
-def summary(app: App, sim: Simulation, currency: str, check: SplitCheck | None = None) -> str:
+def summary(
+    app: App, sim: Simulation, currency: str, check: SplitCheck | None = None, api_prices: tuple[ApiPrice, ...] = ()
+) -> str:
     view = app.ledger.view()
     truth = sim.oracle_totals()
     energy, tokens, cost = _by_class(view.energy.items()), _by_class(view.tokens.items()), _by_class(view.cost.items())
@@ -268,7 +286,35 @@ def summary(app: App, sim: Simulation, currency: str, check: SplitCheck | None =
     if check is not None:
         lines.append(check.line(view.ticks, energy))
     lines.append(f"marginal J: {_marginal(view.coefficients, sim)}")
+    lines.extend(break_even_lines(view.cost, tokens, currency, api_prices))
     return "\n".join(lines)
+
+
+def break_even_lines(
+    cost: Mapping[CostKey, float], tokens: Mapping[TokenClass, float], currency: str, api_prices: tuple[ApiPrice, ...]
+) -> list[str]:
+    """This traffic at each reference API's prices against what it cost here, and the traffic (same
+    mix) at which the two meet: rental and idle power are paid whatever the load, the tokens'
+    electricity grows with it."""
+    fixed = sum(v for (_m, cls, part), v in cost.items() if part == RENTAL or cls == IDLE)
+    variable = sum(v for (_m, cls, part), v in cost.items() if part != RENTAL and cls != IDLE)
+    lines = []
+    for price in api_prices:
+        found = break_even(tokens, fixed, variable, price)
+        if found.api_cost <= 0:
+            lines.append(f"break-even vs {price.reference}: no priced tokens yet")
+            continue
+        where = (
+            f"breaks even at {found.traffic_multiple:.2g}x this traffic"
+            if found.traffic_multiple is not None
+            else "never breaks even (the API costs less than the tokens' own electricity)"
+        )
+        lines.append(
+            f"break-even vs {price.reference}: this traffic costs {found.api_cost:.4g} {currency} there, "
+            f"{found.self_cost:.4g} here ({found.self_cost / found.api_cost:.2f}x, saving {found.saving:+.4g}); "
+            f"self-hosting {where}"
+        )
+    return lines
 
 
 def _marginal(coefficients: Mapping[str, tuple[float, float]], sim: Simulation) -> str:

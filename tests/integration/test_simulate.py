@@ -2,9 +2,11 @@
 
 import math
 import re
+import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -84,3 +86,21 @@ def test_simulate_with_the_plugin_counts_the_work_from_the_plugins_families():
     measured = sum(v for _, v in samples["token_economy_gpu_energy_joules_total"])
     assert math.isclose(energy, measured, rel_tol=1e-9) and measured > 0
     assert SPLIT_LINE.search(out), out
+
+
+def test_the_readmes_break_even_recipe_prints_the_line_and_exports_the_prices():
+    """The command README's break-even section shows, run as it is written (for a few seconds)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (command,) = re.findall(r"^token-economy-exporter simulate --gpu-hourly-price .*--api-prices .*$", readme, re.M)
+    args = shlex.split(command)[2:]
+    _, samples, out, returncode = run_simulate(*args)
+    assert returncode == 0, out
+    for reference in ("api-8b", "api-mini"):
+        line = re.search(rf"^break-even vs {reference}: this traffic costs (\S+) USD there, (\S+) here .*$", out, re.M)
+        assert line and float(line[1]) > 0 and float(line[2]) > 0, out
+    prices = {
+        (labels["reference"], labels["token_class"]): v
+        for labels, v in samples["token_economy_api_price_per_million_tokens"]
+    }
+    assert prices[("api-mini", "output")] == 0.6 and prices[("api-8b", "cached_input")] == 0.05
+    assert [labels["reference"] for labels, _ in samples["token_economy_break_even_reference_info"]] == ["api-8b"]
