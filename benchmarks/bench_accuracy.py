@@ -2,7 +2,7 @@
 computed on the same traces (see benchmarks/evaluation.py), on both paths to the work: vLLM's own
 counters, and the vLLM plugin's families read through the exporter's own WorkReader.
 
-    python -m benchmarks.bench_accuracy [--duration 1800] [--jobs 2] [--quick] [--paths counters,plugin]
+    python -m benchmarks.bench_accuracy [--duration 1800] [--jobs 2] [--quick] [--paths counters,plugin] [--json PATH]
 
 Columns: the path, error of the allocated input and output energy shares against the oracle (a
 board gain error cancels out of shares; mixed steps split by the product's convention), the
@@ -12,7 +12,9 @@ stay within ±10 % of the oracle's until the end; "never" if they do not settle)
 errors for the baselines, and the exporter's errors against the oracle's split by time share
 alone (the phase oracle before the convention; under the component truth the same oracle). A
 second table gathers the time to trust of well_mixed from a cold start (exporter and engine
-start together) by path, truth and interval.
+start together) by path, truth and interval. `--json PATH` also writes every figure as JSON
+(`report`: one record per case, `case_record`, then the gain and literature checks and the
+targets' verdict); README's figure takes its well_mixed records (benchmarks/figure_data.py).
 Targets, on every path: the work read from the path's own families; well mixed within ±5 %
 (±10 % against the phase-power truth); fitted costs within ±10 %; a ±5 % gain error moves the
 input:output split by < 1 %. On vLLM's counters: steady mix identified=0 with estimates inside
@@ -23,8 +25,12 @@ target).
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from benchmarks.evaluation import PATHS, Evaluation, evaluate, fmt, fmt_minutes
 from exporter.sim import LLAMA_2_70B, LLAMA_3_8B, SCENARIOS, Faults
@@ -129,6 +135,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="5 s interval only (well_mixed at every interval)")
     parser.add_argument("--paths", type=_paths, default=PATHS, help="comma-separated: counters, plugin")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write every figure as JSON")
     args = parser.parse_args()
 
     todo = cases(args.duration, args.quick, args.paths)
@@ -153,6 +160,63 @@ def main() -> None:
         check_literature(path, literature[path], failures)
     print()
     print("targets:", "PASS" if not failures else "FAIL: " + "; ".join(failures))
+    if args.json is not None:
+        document = report(results, gain, literature, failures, args.duration)
+        args.json.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+
+def _number(value: float | None) -> float | None:
+    """JSON has no NaN: an undefined figure is null."""
+    return None if value is None or math.isnan(value) else value
+
+
+def case_record(case: Case, r: Evaluation) -> dict[str, Any]:
+    """One row of the table as data: the errors are relative (0.01 is +1 %), null where undefined."""
+
+    def pair(allocated: dict[str, float] | None = None, oracle: dict[str, float] | None = None) -> dict[str, Any]:
+        return {cls: _number(r.share_error(cls, allocated, oracle)) for cls in ("input", "output")}
+
+    return {
+        "name": case.name,
+        "scenario": case.scenario,
+        "truth": case.truth,
+        "path": case.path,
+        "interval_seconds": case.interval,
+        "faults": case.faults != Faults(),
+        "missed_scrape_rate": case.missed,
+        "share_error": pair(),
+        "fit_error": {d: _number(r.coefficient_error(d)) for d in ("input", "output", "step")},
+        "identified": r.identified,
+        "trust_seconds": r.trust_seconds,
+        "baselines": {name: pair(allocated) for name, allocated in sorted(r.baselines.items())},
+        "vs_time_share": pair(oracle=r.oracle_time_share),
+        "work_origin": r.work_origin,
+    }
+
+
+def report(
+    results: list[tuple[Case, Evaluation]],
+    gain: dict[str, list[tuple[float, float]]],
+    literature: dict[str, Evaluation],
+    failures: list[str],
+    duration: float,
+) -> dict[str, Any]:
+    """Everything the run printed, as one JSON document."""
+    classes = ("input", "output")
+    return {
+        "benchmark": "bench_accuracy",
+        "duration_seconds": duration,
+        "cases": [case_record(case, r) for case, r in results],
+        "gain": {path: [{"gain": g, "split_ratio": _number(r)} for g, r in rows] for path, rows in gain.items()},
+        "literature": {
+            path: {
+                "exporter_joules_per_token": {c: _number(lit.joules_per_token(c)) for c in classes},
+                "oracle_joules_per_token": {c: _number(lit.joules_per_token(c, lit.oracle)) for c in classes},
+            }
+            for path, lit in literature.items()
+        },
+        "targets": {"pass": not failures, "failures": failures},
+    }
 
 
 def print_cases(results: list[tuple[Case, Evaluation]], failures: list[str]) -> None:

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from exporter.attribution.attributor import TickResult
 from exporter.attribution.estimator import DRIVERS
 from exporter.attribution.model_spec import ModelSpec
 from exporter.attribution.token_class import IDLE, INPUT, OUTPUT, TOKEN_CLASSES, TokenClass
@@ -96,7 +98,10 @@ def evaluate(
     missed_scrape_rate: float = 0.0,
     settings: Settings | None = None,
     plugin: bool = False,
+    on_tick: Callable[[Simulation, TickResult], None] | None = None,
 ) -> Evaluation:
+    """`on_tick`, if given, sees the simulation and the core's result after every tick that was
+    not missed (benchmarks/figure_data.py records the run interval by interval with it)."""
     from exporter.app import make_attributor  # the exporter's own wiring, as `run` builds it
     from exporter.attribution.gpu_table import GPU_TABLE
 
@@ -148,6 +153,8 @@ def evaluate(
                 allocated[cls] += joules
         errors = trust.update(sim.now, allocated, sim.oracle_totals().minus(first))
         trail.append((sim.now, *errors))
+        if on_tick is not None:
+            on_tick(sim, result)
 
     oracle = sim.oracle_totals().minus(first)
     estimator = attributor.estimator
