@@ -124,6 +124,14 @@ under initContainers (it renders nothing unless plugin.install=initContainer).
       value: {{ $v.pricing.pue | toString | quote }}
     - name: TOKEN_ECONOMY_GRID_CARBON_INTENSITY
       value: {{ $v.pricing.gridCarbonIntensity | toString | quote }}
+    {{- with $v.pricing.apiPrices }}
+    - name: TOKEN_ECONOMY_API_PRICES
+      value: {{ include "token-economy.apiPrices" . | quote }}
+    {{- end }}
+    {{- with $v.pricing.breakEvenAlertReference }}
+    - name: TOKEN_ECONOMY_BREAK_EVEN_ALERT_REFERENCE
+      value: {{ . | quote }}
+    {{- end }}
     {{- range $key, $value := $e.extraSettings }}
     - name: {{ printf "TOKEN_ECONOMY_%s" (upper $key) }}
       value: {{ $value | toString | quote }}
@@ -460,4 +468,13 @@ basicAuth:
 {{- fail "exporter.webConfig.basicAuthUsers needs exporter.webConfig.scrape.basicAuthSecret.name: the Secret with the user name and password Prometheus sends" }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* pricing.apiPrices as the exporter's --api-prices: NAME=INPUT/CACHED_INPUT/OUTPUT, comma-separated. */}}
+{{- define "token-economy.apiPrices" -}}
+{{- $entries := list }}
+{{- range . }}
+{{- $entries = append $entries (printf "%s=%s/%s/%s" .name (toString .input) (toString .cachedInput) (toString .output)) }}
+{{- end }}
+{{- join "," $entries }}
 {{- end }}
