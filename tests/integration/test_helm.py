@@ -741,3 +741,24 @@ def test_the_sidecar_in_a_chart_of_ones_own_needs_an_existing_web_config_secret(
         "web-config"
     ] == "mine"
     assert one(docs, "PodMonitor")["spec"]["podMetricsEndpoints"][0]["tlsConfig"] == {"insecureSkipVerify": True}
+
+
+def test_api_price_lists_reach_the_exporter_and_a_bad_one_stops_the_render(monkeypatch):
+    prices = (
+        '[{"name":"api-small","input":0.15,"cachedInput":0.075,"output":0.6},'
+        '{"name":"big","input":2.5,"cachedInput":"1.25","output":10}]'
+    )
+    docs = render("--set-json", f"pricing.apiPrices={prices}", "--set", "pricing.breakEvenAlertReference=big")
+    settings = check_settings_accepted(exporter_environment(check_pod(one(docs, "Deployment"))), monkeypatch)
+    assert [(p.reference, dict(p.per_million)) for p in settings.api_price_lists] == [
+        ("api-small", {"input": 0.15, "cached_input": 0.075, "output": 0.6}),
+        ("big", {"input": 2.5, "cached_input": 1.25, "output": 10.0}),
+    ]
+    assert settings.break_even_reference == "big"
+    assert "TOKEN_ECONOMY_API_PRICES" not in exporter_environment(check_pod(one(render(), "Deployment")))
+    for bad, named in (
+        ('[{"name":"a b","input":1,"cachedInput":1,"output":1}]', "name"),
+        ('[{"name":"a","input":1}]', "cachedInput"),
+    ):
+        result = template("--set-json", f"pricing.apiPrices={bad}", check=False)
+        assert result.returncode != 0 and named in result.stderr, result.stderr
