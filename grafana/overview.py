@@ -49,6 +49,7 @@ LAST_TICK = CATALOGUE.name("last_tick_timestamp_seconds")
 BUILD_INFO = CATALOGUE.name("build_info")
 ENERGY_MODELLED = CATALOGUE.name("energy_modelled")
 SOURCES_INFO = CATALOGUE.name("sources_info")
+API_PRICE = CATALOGUE.name("api_price_per_million_tokens")
 
 UID = "token-economy-overview"
 TITLE = "Token Economy / Overview"
@@ -98,6 +99,24 @@ def cost_per_million_fully_loaded() -> str:
 def energy_per_token(classes: str = "input|cached_input|output", by: str = "model_name") -> str:
     sel = f'token_class=~"{classes}", {BY_MODEL}'
     return f"{_rate(ENERGY, sel, f'{by}, token_class')}\n  / ({_rate(TOKENS, sel, f'{by}, token_class')} > 0)"
+
+
+def api_cost_per_hour() -> str:
+    """What the same tokens would cost at each reference API's prices, per hour (the price gauge is
+    per model and class, so each price meets the model's token rate one to one)."""
+    sel = f'token_class=~"input|cached_input|output", {BY_MODEL}'
+    return (
+        f"3600 / 1e6 * sum by (model_name, reference, currency) (\n"
+        f"    {API_PRICE}{{{sel}}}\n"
+        f"  * ignoring (reference, currency) group_left ()\n"
+        f"    rate({TOKENS}{{{sel}}}[{RI}])\n"
+        f")"
+    )
+
+
+def self_hosted_cost_per_hour() -> str:
+    """The whole self-hosted cost, idle included, per hour."""
+    return f"3600 * {_rate(COST, BY_MODEL, 'model_name, currency')}"
 
 
 def idle_share(metric: str, by: str) -> str:
@@ -198,15 +217,15 @@ def single(
     return panel
 
 
+DASHED = [
+    dash_model.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
+    dash_model.DynamicConfigValue(id_val="custom.fillOpacity", value=0),
+]
+
+
 def dashed(panel: timeseries.Panel, regexp: str) -> timeseries.Panel:
     """Draw the series whose display name matches `regexp` as dashed lines without fill."""
-    return panel.override_by_regexp(
-        regexp,
-        [
-            dash_model.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
-            dash_model.DynamicConfigValue(id_val="custom.fillOpacity", value=0),
-        ],
-    )
+    return panel.override_by_regexp(regexp, DASHED)
 
 
 def with_band(title: str, description: str, value: str, stddev: str, legend: str) -> timeseries.Panel:
@@ -329,6 +348,57 @@ def cost_row() -> dash.Row:
                 width=24,
                 height=7,
             )
+        )
+    )
+
+
+def break_even_row() -> dash.Row:
+    api, own = api_cost_per_hour(), self_hosted_cost_per_hour()
+    ratio = f"(\n{own}\n)\n  / ignoring (reference) group_right ()\n(\n{api}\n  > 0)"
+    saving = f"(\n{api}\n)\n  - ignoring (reference) group_left ()\n(\n{own}\n)"
+    prices = f"max by (reference, token_class, currency) ({API_PRICE}{{{BY_MODEL}}})"
+    return (
+        dash.Row("Break-even against API prices")
+        .with_panel(
+            single(
+                "Self-hosted / API cost",
+                "What serving this traffic here cost (rental, electricity and idle time) over what the same tokens "
+                "would have cost at each reference API price list (--api-prices). Below 1, self-hosting is cheaper.",
+                "suffix:×",
+                query("A", ratio, "{{model_name}} vs {{reference}}"),
+                width=8,
+                thresholds=[(None, "green"), (1.0, "red")],
+            )
+        )
+        .with_panel(
+            series(
+                "Cost per hour: self-hosted vs the same tokens bought from an API",
+                "Self-hosted: the whole cost, idle included. API: each class's tokens at the reference's price "
+                "per million. The gap is the saving (or the loss).",
+                "suffix:/h",
+                query("A", own, "{{model_name}} self-hosted ({{currency}})"),
+                query("B", api, "{{model_name}} at {{reference}} ({{currency}})"),
+                width=16,
+            )
+        )
+        .with_panel(
+            series(
+                "Saving per hour against each API (negative: a loss)",
+                "API cost of the same tokens minus the self-hosted cost, idle included.",
+                "suffix:/h",
+                query("A", saving, "{{model_name}} vs {{reference}} ({{currency}})"),
+            )
+        )
+        .with_panel(
+            series(
+                "Cost per million tokens: fully loaded vs API prices",
+                "Solid: this deployment's fully loaded cost per million tokens of each class. Dashed: each "
+                "reference API's price for the class. A class below its price line is cheaper here.",
+                COST_PER_MTOK,
+                query("A", cost_per_million_fully_loaded(), "{{model_name}} {{token_class}} ({{currency}})"),
+                query("B", prices, "{{reference}} {{token_class}} ({{currency}})"),
+                log_scale=True,
+            ).override_by_query("B", DASHED)
         )
     )
 
@@ -597,6 +667,7 @@ def build() -> dash_model.Dashboard:
         .timezone("browser")
         .variables(variables())
         .with_row(cost_row())
+        .with_row(break_even_row())
         .with_row(energy_row())
         .with_row(traffic_row())
         .with_row(health_row())
