@@ -34,6 +34,7 @@ from exporter.config import (
     flag_name,
     unknown_environment,
 )
+from exporter.landing import History
 from exporter.ledger import Ledger
 from exporter.loop import CollectionLoop
 from exporter.server import HttpServer, MetricsCache, Routes
@@ -286,12 +287,15 @@ def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpe
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
     cache = MetricsCache(registry, ledger)
+    history = History()  # the landing page's last minutes
     routes = Routes(
         cache,
         ledger,
         settings.vllm_url_display,
         energy.mode,
         stale_after_seconds=stale_after_seconds(settings.interval),
+        history=history,
+        currency=settings.currency,
     )
     server = _listen(settings, routes, web)
 
@@ -307,9 +311,20 @@ def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpe
         settings.interval,
         keeper=keeper,
         http_events=lambda: server.counts,
-        published=cache.warm,
+        published=_after_publish(ledger, cache, history),
     )
     return App(loop, server, [work.close, energy_reader.close], log, ledger, attributor, web)
+
+
+def _after_publish(ledger: Ledger, cache: MetricsCache, history: History) -> Callable[[], None]:
+    """What follows each publication, on the tick's thread: the landing page's history takes the
+    new view, and the exposition is rendered for it before the next scrape asks."""
+
+    def after() -> None:
+        history.record(ledger.view())
+        cache.warm()
+
+    return after
 
 
 def _resume(

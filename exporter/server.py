@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import html
 import re
 import resource
 import socket
@@ -41,6 +40,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
+from exporter.landing import HEADERS as LANDING_HEADERS
+from exporter.landing import History, Setting, page
 from exporter.ledger import Ledger
 from exporter.webconfig import NO_WEB_CONFIG, UNAUTHORIZED_HEADERS, BasicAuth, CurrentConfig, WebConfig
 
@@ -152,26 +153,13 @@ class MetricsCache:
         return entry[1], content_type, compressed
 
 
-def _landing(vllm_url: str, energy_source: str, origins: Mapping[str, str], modelled: bool | None) -> bytes:
-    work = origins.get("vllm", "none yet")
-    energy = origins.get("energy", "none yet")
-    kind = {True: "modelled, not measured", False: "measured", None: "no reading yet"}[modelled]
-    return f"""<!doctype html><html><head><title>Token Economy Exporter</title></head><body>
-<h1>Token Economy Exporter {html.escape(__version__)}</h1>
-<p>What each input and output token of the vLLM server at <code>{html.escape(vllm_url)}</code> costs,
-in joules, money and CO2 (energy source setting: {html.escape(energy_source)}).</p>
-<p>Work counts from: <b>{html.escape(work)}</b>. Energy from: <b>{html.escape(energy)}</b> ({kind}).</p>
-<ul><li><a href="metrics">/metrics</a></li><li><a href="healthz">/healthz</a></li>
-<li><a href="readyz">/readyz</a></li></ul>
-</body></html>""".encode()
-
-
 class Routes:
     """What each path answers; the HTTP plumbing below only moves bytes.
 
     `stale_after_seconds`: when set, /readyz also answers 503 once the last completed tick
     (the ledger view's `last_tick_unixtime`, by `clock`) is older than that: a loop that has
-    stopped ticking should not keep the pod ready."""
+    stopped ticking should not keep the pod ready. `history`: the last minutes the landing page
+    charts (fed by the wiring after each tick); `currency`: the cost's, as the page names it."""
 
     def __init__(
         self,
@@ -182,11 +170,13 @@ class Routes:
         *,
         stale_after_seconds: float | None = None,
         clock: Callable[[], float] = time.time,
+        history: History | None = None,
+        currency: str = "",
     ) -> None:
         self._cache = cache
         self._ledger = ledger
-        self._vllm_url = vllm_url
-        self._energy_source = energy_source
+        self._setting = Setting(__version__, vllm_url, energy_source, currency)
+        self._history = history or History()
         self._stale_after = stale_after_seconds
         self._clock = clock
 
@@ -202,10 +192,13 @@ class Routes:
         if path == "/readyz":
             return self._readiness()
         if path == "/":
-            view = self._ledger.view()
-            page = _landing(self._vllm_url, self._energy_source, view.origins, view.energy_modelled)
-            return 200, "text/html; charset=utf-8", page, False
+            body = page(self._ledger.view(), self._setting, self._history.samples(), self._history.window_seconds)
+            return 200, "text/html; charset=utf-8", body, False
         return 404, _TEXT, b"not found\n", False
+
+    def headers(self, target: str) -> tuple[tuple[str, str], ...]:
+        """Headers a path's answer carries besides the framing: the landing page's content policy."""
+        return LANDING_HEADERS if target.split("?", 1)[0] == "/" else ()
 
     def _readiness(self) -> tuple[int, str, bytes, bool]:
         view = self._ledger.view()
@@ -578,7 +571,8 @@ class HttpServer:
             self._count("internal_errors")
             status, content_type, body, gzipped = 500, _TEXT, b"internal error\n", False
         body_sent = b"" if request.method == "HEAD" else body
-        return _response(status, content_type, body_sent, gzipped, close, length=len(body), headers=web.headers)
+        headers = web.headers + self._routes.headers(request.target)
+        return _response(status, content_type, body_sent, gzipped, close, length=len(body), headers=headers)
 
     async def _send(self, conn: _Connection, data: bytes) -> None:
         if conn.writer is None or conn.writer.is_closing():  # evicted while its answer was being made
