@@ -54,6 +54,7 @@ from exporter.attribution.counters import MAX_COUNTER
 from exporter.attribution.readings import EnergySnapshot, GpuReading, VllmSnapshot
 from exporter.catalogue import BUILD_LABELS
 from exporter.collector import LedgerCollector
+from exporter.landing import HEADERS as LANDING_HEADERS
 from exporter.ledger import Ledger, TickRecord
 from exporter.loop import CollectionLoop
 from exporter.server import (
@@ -500,13 +501,15 @@ BAD_REQUEST_REASONS = frozenset(
         "too_many_headers",
     }
 )  # fmt: skip
+# The landing page's own fixed headers (its content policy and friends): never the client's bytes.
+_LANDING_LINES = "".join("|" + re.escape(f"{name}: {value}") for name, value in LANDING_HEADERS)
 _HEAD_LINE = re.compile(
     r"HTTP/1\.1 \d{3} [A-Za-z ]+|Content-Length: \d+|Content-Encoding: gzip|Connection: close|"
     + re.escape(f"Server: token-economy-exporter/{__version__}")
     + r"|Content-Type: (?:text/plain; charset=utf-8|text/html; charset=utf-8|text/plain; version=[0-9.]+; charset=utf-8"
     r"|text/plain; version=1\.0\.0; charset=utf-8; escaping=underscores"
     r"|application/openmetrics-text; version=1\.0\.0; charset=utf-8; escaping=underscores"
-    r"|application/openmetrics-text; version=[0-9.]+; charset=utf-8)"
+    r"|application/openmetrics-text; version=[0-9.]+; charset=utf-8)" + _LANDING_LINES
 )
 
 
