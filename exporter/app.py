@@ -283,7 +283,15 @@ def build(settings: Settings, energy: EnergySetup | None = None, model: ModelSpe
 
     ledger = Ledger()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LedgerCollector(ledger, build_labels(settings, energy, model), attributor.prices))
+    registry.register(
+        LedgerCollector(
+            ledger,
+            build_labels(settings, energy, model),
+            attributor.prices,
+            api_prices=settings.api_price_lists,
+            break_even_reference=settings.break_even_reference,
+        )
+    )
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
     cache = MetricsCache(registry, ledger)

@@ -31,6 +31,8 @@ def live_exporter(vllm_server, tiny_model_dir, tmp_path_factory) -> Iterator[Exp
         "3",
         "--grid-carbon-intensity",
         "400",
+        "--api-prices",
+        "api-small=0.15/0.075/0.6,api-large=2.5/1.25/10",
         "--model-dir",
         str(tiny_model_dir),
     ).start()

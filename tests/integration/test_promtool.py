@@ -77,6 +77,13 @@ WRONG_EXPECTATIONS = {
         "              namespace: ml-serving\n              pod: vllm-c\n",
         "TokenEconomyEnergyModelled",
     ),
+    # The break-even alert claimed for the model that is cheaper than the API.
+    "break-even model": (
+        "breakeven.test.yml",
+        "              model_name: dear\n              reference: mini\n",
+        "              model_name: cheap\n              reference: mini\n",
+        "TokenEconomySelfHostingCostsMore",
+    ),
     # A wrong severity label.
     "alert labels": (
         "attribution.test.yml",
