@@ -52,7 +52,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder  # noqa: E402
 
 from exporter.catalogue import CATALOGUE  # noqa: E402
 from exporter.sources import plugin_families  # noqa: E402
-from grafana import overview  # noqa: E402
+from grafana import chargeback, overview  # noqa: E402
 
 RULES = "deploy/prometheus/token-economy.rules.yml"
 DASHBOARDS_DIR = "grafana/dashboards"
@@ -67,6 +67,7 @@ PLUGIN_TABLE_END = "<!-- end of plugin metrics -->"
 # file name in grafana/dashboards/ -> builder of the dashboard model
 DASHBOARDS: dict[str, Callable[[], object]] = {
     "token-economy-overview.json": overview.build,
+    "token-economy-chargeback.json": chargeback.build,
 }
 
 # The dashboards' ConfigMaps carry this label: kube-prometheus-stack's Grafana sidecar loads

@@ -62,7 +62,11 @@ def test_panels_have_units_legends_refids_and_datasources(name, board):
 @pytest.mark.parametrize(("name", "board"), dashboards())
 def test_every_selector_is_filtered_by_the_template_variables(name, board):
     variables = {v["name"]: v for v in board["templating"]["list"]}
-    for var in ("model_name", "instance"):
+    exprs = " ".join(t["expr"] for p in panels(board) for t in p["targets"])
+    # instance: on the boards that read the exporter's own series (the chargeback board reads
+    # only recording rules summed over instances).
+    wanted = ("model_name", "instance") if SELECTOR.search(exprs) else ("model_name",)
+    for var in wanted:
         assert variables[var]["includeAll"] and variables[var]["allValue"] == ".*" and variables[var]["multi"]
     assert variables["datasource"]["query"] == "prometheus"
     for panel in panels(board):
@@ -94,3 +98,26 @@ def test_overview_covers_what_the_issue_asks_for():
     exprs = " ".join(t["expr"] for p in panels(board) for t in p["targets"])
     assert "token_economy_marginal_energy_joules_per_token_stddev" in exprs
     assert "fully loaded" in titles
+
+
+# The chargeback rules' series (per gateway, model and team) and the fleet cost they divide.
+RULE_SELECTOR = re.compile(r"\b(token_economy:[a-z0-9_]+:[a-z0-9_]+)(\{[^}]*\})?")
+
+
+def test_the_chargeback_board_filters_every_rule_series_by_gateway_model_and_team():
+    board = json.loads((REPO_ROOT / "grafana" / "dashboards" / "token-economy-chargeback.json").read_text())
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    for var in ("gateway", "model_name", "team"):
+        assert variables[var]["includeAll"] and variables[var]["allValue"] == ".*", var
+    titles = " | ".join(p["title"] for p in panels(board))
+    for wanted in ("Cost per team, fully loaded", "Share of each model's cost", "Idle cost", "coverage"):
+        assert wanted in titles, wanted
+    for panel in panels(board):
+        for target in panel["targets"]:
+            found = RULE_SELECTOR.findall(target["expr"])
+            assert found, f"{panel['title']!r} reads no recording rule"
+            for metric, labels in found:
+                where = f"{panel['title']!r} {target['refId']} {metric}"
+                assert 'model_name=~"$model_name"' in labels, where
+                if metric != "token_economy:fleet_cost_per_second:rate5m":
+                    assert 'gateway=~"$gateway"' in labels, where
