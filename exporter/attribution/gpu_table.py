@@ -82,11 +82,12 @@ GPU_TABLE: dict[str, GpuSpec] = {
         # NVIDIA H200-SXM-141GB system description: "H200 TGP 700W").
         GpuSpec("H200", 80.0, 700.0, 420.0, 700.0, 989e12, 4.8e12),
         # NVIDIA H100 Tensor Core GPU datasheet (nvidia.com/en-us/data-center/h100/), H100 SXM:
-        # BF16 1,979 TFLOPS sparse -> 989; 3.35 TB/s; up to 700 W. (The PCIe card that NVML also
-        # maps here is lower: 350 W, 2 TB/s.)
+        # BF16 1,979 TFLOPS sparse -> 989; 3.35 TB/s; up to 700 W. (The PCIe and NVL cards have
+        # entries of their own in DATASHEETS.)
         GpuSpec("H100", 75.0, 700.0, 380.0, 700.0, 989e12, 3.35e12),
         # NVIDIA A100 Tensor Core GPU datasheet (nvidia.com/en-us/data-center/a100/), A100 80GB
-        # SXM: BF16 312 TFLOPS dense (624 sparse); 2,039 GB/s; 400 W.
+        # SXM: BF16 312 TFLOPS dense (624 sparse); 2,039 GB/s; 400 W. (The 40 GB and PCIe parts
+        # have entries of their own in DATASHEETS.)
         GpuSpec("A100", 63.0, 400.0, 250.0, 400.0, 312e12, 2.04e12),
         # NVIDIA L40S datasheet (nvidia.com/en-us/data-center/l40s/): BF16 362.05 TFLOPS dense
         # (733 sparse); 864 GB/s; 350 W.
@@ -150,6 +151,22 @@ DATASHEETS: dict[str, DatasheetSpec] = {
         # 0.5 PFLOPS, the same silicon (GB202, 188 SMs) as the Server Edition's 0.5. (The Max-Q
         # Workstation Edition, 300 W, is a different entry and left out.)
         DatasheetSpec("RTX PRO 6000 BLACKWELL WORKSTATION", 600.0, 0.5e15, 1.792e12),
+        # The lower-power cards of families above, whose figures differ from the SXM parts the
+        # complete entries describe (NVML reports "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA
+        # A100 80GB PCIe", "NVIDIA A100-PCIE-40GB", "NVIDIA A100-SXM4-40GB"); their idle and
+        # decode power are not published either.
+        # NVIDIA H100 Tensor Core GPU datasheet (nvidia.com/en-us/data-center/h100/), H100 PCIe:
+        # BF16 1,513 TFLOPS sparse -> 756.5; 2 TB/s; max TDP 300-350 W (configurable).
+        DatasheetSpec("H100 PCIE", 350.0, 756.5e12, 2.0e12),
+        # Same datasheet, H100 NVL (94 GB): BF16 1,671 TFLOPS sparse -> 835.5; 3.9 TB/s; max
+        # TDP 350-400 W (configurable).
+        DatasheetSpec("H100 NVL", 400.0, 835.5e12, 3.9e12),
+        # NVIDIA A100 Tensor Core GPU datasheet (nvidia.com/en-us/data-center/a100/): BF16 312
+        # TFLOPS dense (624 sparse) on every part; A100 80GB PCIe 1,935 GB/s, 300 W; A100 40GB
+        # PCIe 1,555 GB/s, 250 W; A100 40GB SXM 1,555 GB/s, 400 W.
+        DatasheetSpec("A100 80GB PCIE", 300.0, 312e12, 1.935e12),
+        DatasheetSpec("A100-PCIE-40GB", 250.0, 312e12, 1.555e12),
+        DatasheetSpec("A100-SXM4-40GB", 400.0, 312e12, 1.555e12),
         # AMD Instinct MI300X data sheet (amd.com/en/products/accelerators/instinct/mi300/
         # mi300x.html): peak BF16 1,307.4 TFLOPS dense (2,614.9 with sparsity); 5.3 TB/s HBM3;
         # 750 W peak board power (also MLCommons Inference v4.1, AMD 8xMI300X system

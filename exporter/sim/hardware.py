@@ -40,8 +40,13 @@ TRUTHS = (COMPONENT, PHASE)
 # the memory figures come from the same pages unless said otherwise.
 GPU_MEMORY_BYTES = {
     "H200": 141e9,
-    "H100": 80e9,  # SXM and PCIe
-    "A100": 80e9,  # the 80 GB parts (a 40 GB one exists)
+    "H100": 80e9,  # SXM
+    "A100": 80e9,  # SXM 80 GB
+    "H100 PCIE": 80e9,
+    "H100 NVL": 94e9,
+    "A100 80GB PCIE": 80e9,
+    "A100-PCIE-40GB": 40e9,
+    "A100-SXM4-40GB": 40e9,
     "L40S": 48e9,
     "L4": 24e9,
     "A10G": 24e9,  # AWS EC2 G5 page: 24 GB per GPU
