@@ -134,6 +134,7 @@ def test_alerts_have_for_severity_and_annotations_with_the_value():
         "TokenEconomyOutputCostHigh",
         "TokenEconomyInputCostHigh",
         "TokenEconomyIdleCostShareHigh",
+        "TokenEconomySelfHostingCostsMore",
         "TokenEconomyAttributionNotIdentified",
         "TokenEconomySourceDown",
         "TokenEconomyEnergyModelled",
@@ -155,6 +156,7 @@ THRESHOLDS = {
     "TokenEconomyOutputCostHigh": 10.0,
     "TokenEconomyInputCostHigh": 2.0,
     "TokenEconomyIdleCostShareHigh": 0.8,
+    "TokenEconomySelfHostingCostsMore": 1.0,
 }
 
 
