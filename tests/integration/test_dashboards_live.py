@@ -1,5 +1,7 @@
 """A real Prometheus scrapes the exporter beside a real vLLM server under load, with the shipped
 rules loaded, and every query of every committed dashboard panel returns data through its HTTP API.
+Both gateways' pages (tests/gateway_pages.py) split that exporter's tokens over teams, so the
+chargeback dashboard and rules are evaluated on the real vLLM's series too.
 
 A second exporter, pointed at a port where no vLLM listens, is scraped too: the source-health
 panels then show a real failing source (source_up 0, connection errors), not only zeros."""
@@ -14,7 +16,9 @@ import time
 import httpx
 import pytest
 
+from tests.e2e.exporter_process import ExporterProcess
 from tests.e2e.vllm_server import HOST, free_port
+from tests.gateway_pages import GatewayPages, Totals
 from tests.integration.servers import (
     DASHBOARDS,
     RULES,
@@ -75,11 +79,34 @@ def _serves(port: int) -> bool:
         return False
 
 
+def exporter_totals(exporter: ExporterProcess) -> Totals:
+    """The exporter's tokens per model and class, for the gateway pages to split over teams."""
+    totals: Totals = {}
+    for (name, labels), value in exporter.metrics().items():
+        if name == "token_economy_tokens_total":
+            label = dict(labels)
+            totals.setdefault(label["model_name"], {})[label["token_class"]] = value
+    return totals
+
+
 @pytest.fixture(scope="module")
-def prometheus(exporter_under_load, exporter_without_vllm, tmp_path_factory):
+def gateways(exporter_under_load):
+    """Both gateways' pages, counting per team the tokens the exporter beside vLLM counts: the
+    chargeback dashboard and rules then have real series too."""
+    with GatewayPages(lambda: exporter_totals(exporter_under_load)) as pages:
+        yield pages
+
+
+@pytest.fixture(scope="module")
+def prometheus(exporter_under_load, exporter_without_vllm, gateways, tmp_path_factory):
     server = Prometheus(
         tmp_path_factory.mktemp("prometheus-dashboards"),
-        targets=[f"{HOST}:{exporter_under_load.port}", exporter_without_vllm],
+        targets=[
+            f"{HOST}:{exporter_under_load.port}",
+            exporter_without_vllm,
+            gateways.address("otel"),
+            gateways.address("litellm"),
+        ],
         rule_files=[RULES],
     ).start()
     try:
@@ -166,7 +193,9 @@ def test_every_recording_rule_evaluates_to_data_on_real_series(prometheus):
     groups = prometheus.rule_groups()
     assert {g["name"] for g in groups} == {
         "token_economy.recording.rate5m",
+        "token_economy.recording.rate1d",
         "token_economy.recording.rate1h",
+        "token_economy.recording.chargeback",
         "token_economy.alerts",
     }
     records = {r["name"] for g in groups for r in g["rules"] if r["type"] == "recording"}

@@ -72,7 +72,8 @@ def overlay(tmp_path) -> Path:
 def test_the_base_builds_the_promised_objects(built):
     docs = documents(built)
     kinds = sorted(doc["kind"] for doc in docs)
-    assert kinds == ["ConfigMap", "ConfigMap", "Deployment", "PodMonitor", "PrometheusRule", "Service"], kinds
+    # One ConfigMap of settings, and one per dashboard (overview, chargeback).
+    assert kinds == ["ConfigMap"] * 3 + ["Deployment", "PodMonitor", "PrometheusRule", "Service"], kinds
     for doc in docs:
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "token-economy", doc["metadata"]["name"]
 
