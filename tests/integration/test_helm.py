@@ -762,3 +762,24 @@ def test_api_price_lists_reach_the_exporter_and_a_bad_one_stops_the_render(monke
     ):
         result = template("--set-json", f"pricing.apiPrices={bad}", check=False)
         assert result.returncode != 0 and named in result.stderr, result.stderr
+
+
+def test_the_chargeback_team_cap_is_a_value_that_changes_only_its_rule(tmp_path):
+    def records(spec: dict) -> dict[str, str]:
+        return {
+            r["record"] + str(r.get("labels", "")): r["expr"]
+            for g in spec["groups"]
+            for r in g["rules"]
+            if "record" in r
+        }
+
+    default = records(source_rules())
+    assert VALUES["prometheusRule"]["chargebackTeams"] == 50
+    assert "topk by (gateway, model_name) (50," in default["token_economy:gateway_top_teams:rate5m"]
+    spec = one(render("--set", "prometheusRule.chargebackTeams=7"), "PrometheusRule")["spec"]
+    changed = {name for name, expr in records(spec).items() if expr != default[name]}
+    assert changed == {"token_economy:gateway_top_teams:rate5m"}
+    assert "topk by (gateway, model_name) (7," in records(spec)["token_economy:gateway_top_teams:rate5m"]
+    promtool_check(spec, tmp_path)
+    result = template("--set", "prometheusRule.chargebackTeams=0", check=False)
+    assert result.returncode != 0 and "chargebackTeams" in result.stderr
