@@ -23,7 +23,7 @@ with warnings.catch_warnings():
 from grafana_foundation_sdk.models import dashboard as dash_model
 from grafana_foundation_sdk.models import prometheus as prometheus_model
 
-from grafana.overview import DATASOURCE, TOKENS_PER_S, query, series, single
+from grafana.overview import DATASOURCE, TOKENS_PER_S, multi_value, open_rows, query, series, single
 
 UID = "token-economy-chargeback"
 TITLE = "Token Economy / Chargeback by team"
@@ -45,28 +45,12 @@ BY_TEAM = f'{BY_GATEWAY}, team=~"$team"'
 PER_HOUR = "suffix: /h"
 
 
-def _variable(name: str, label: str, query_text: str, multi: bool = True) -> dash.QueryVariable:
-    return (
-        dash.QueryVariable(name)
-        .label(label)
-        .datasource(DATASOURCE)
-        .query(query_text)
-        .definition(query_text)
-        .refresh(dash_model.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(dash_model.VariableSort.ALPHABETICAL_ASC)
-        .multi(multi)
-        .include_all(True)
-        .all_value(".*")
-        .current(dash_model.VariableOption(selected=True, text="All", value="$__all"))
-    )
-
-
 def variables() -> list:
     return [
         dash.DatasourceVariable("datasource").label("Data source").type("prometheus"),
-        _variable("gateway", "Gateway", f"label_values({TEAM_COST}, gateway)"),
-        _variable("model_name", "Model", f"label_values({TEAM_COST}, model_name)"),
-        _variable("team", "Team", f'label_values({TEAM_COST}{{gateway=~"$gateway"}}, team)'),
+        multi_value("gateway", "Gateway", f"label_values({TEAM_COST}, gateway)"),
+        multi_value("model_name", "Model", f"label_values({TEAM_COST}, model_name)"),
+        multi_value("team", "Team", f'label_values({TEAM_COST}{{gateway=~"$gateway"}}, team)'),
     ]
 
 
@@ -237,15 +221,4 @@ def build() -> dash_model.Dashboard:
         .with_row(gateway_row())
         .build()
     )
-    # Every row open, its panels at the top level, stable ids in layout order (as the overview).
-    flat: list = []
-    for panel in board.panels or []:
-        flat.append(panel)
-        if isinstance(panel, dash_model.RowPanel):
-            flat.extend(panel.panels or [])
-            panel.panels = []
-            panel.collapsed = False
-    for number, panel in enumerate(flat, start=1):
-        panel.id_val = number
-    board.panels = flat
-    return board
+    return open_rows(board)  # every row open, its panels at the top level, as the overview's

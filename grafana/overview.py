@@ -626,8 +626,8 @@ def health_row() -> dash.Row:
     )
 
 
-def _multi_value(name: str, label: str, query: str):
-    """A multi-select variable over a label's values, "All" matching everything."""
+def multi_value(name: str, label: str, query: str, multi: bool = True) -> dash.QueryVariable:
+    """A variable over a label's values (multi-select unless `multi` is false), "All" matching everything."""
     return (
         dash.QueryVariable(name)
         .label(label)
@@ -636,7 +636,7 @@ def _multi_value(name: str, label: str, query: str):
         .definition(query)
         .refresh(dash_model.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dash_model.VariableSort.ALPHABETICAL_ASC)
-        .multi(True)
+        .multi(multi)
         .include_all(True)
         .all_value(".*")
         .current(dash_model.VariableOption(selected=True, text="All", value="$__all"))
@@ -646,8 +646,8 @@ def _multi_value(name: str, label: str, query: str):
 def variables() -> list:
     return [
         dash.DatasourceVariable("datasource").label("Data source").type("prometheus"),
-        _multi_value("model_name", "Model", f"label_values({TOKENS}, model_name)"),
-        _multi_value("instance", "Instance", f"label_values({BUILD_INFO}, instance)"),
+        multi_value("model_name", "Model", f"label_values({TOKENS}, model_name)"),
+        multi_value("instance", "Instance", f"label_values({BUILD_INFO}, instance)"),
     ]
 
 
@@ -672,11 +672,14 @@ def build() -> dash_model.Dashboard:
         .with_row(traffic_row())
         .with_row(health_row())
     )
-    board = builder.build()
-    # The SDK nests a row's panels inside the row and marks the row collapsed (Grafana keeps nested
-    # panels only in a collapsed row). We want every row open: an open row is followed by its
-    # panels at the top level. Flatten, and give every panel a stable id in layout order (Grafana
-    # needs unique ids; the SDK leaves them unset).
+    return open_rows(builder.build())
+
+
+def open_rows(board: dash_model.Dashboard) -> dash_model.Dashboard:
+    """The SDK nests a row's panels inside the row and marks the row collapsed (Grafana keeps nested
+    panels only in a collapsed row). We want every row open: an open row is followed by its
+    panels at the top level. Flatten, and give every panel a stable id in layout order (Grafana
+    needs unique ids; the SDK leaves them unset)."""
     flat: list = []
     for panel in board.panels or []:
         flat.append(panel)
