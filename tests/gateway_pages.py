@@ -26,6 +26,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.e2e.vllm_server import HOST
 
 # model_name -> token_class (input, cached_input, output) -> tokens counted so far
@@ -74,6 +76,17 @@ LITELLM_REQUESTED_MODEL = "llama-prod"
 CAP = 50
 # The teams the rules fold into "other": the smallest beyond the cap.
 FOLDED = [f"team-{k:02d}" for k in range(1, len({key["team"] for key in LITELLM_KEYS}) - CAP + 1)]
+
+
+def exposition_totals(text: str) -> Totals:
+    """An exporter's tokens per model and class, from its /metrics page: what the pages split over
+    teams (models that have not yet counted every class are left out)."""
+    totals: Totals = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "token_economy_tokens_total":
+                totals.setdefault(sample.labels["model_name"], {})[sample.labels["token_class"]] = sample.value
+    return {m: t for m, t in totals.items() if {"input", "cached_input", "output"} <= set(t)}
 
 
 def _labels(labels: dict[str, str]) -> str:

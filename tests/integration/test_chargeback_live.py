@@ -18,10 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.vllm_server import HOST, free_port
-from tests.gateway_pages import CAP, FOLDED, GatewayPages, Totals
+from tests.gateway_pages import CAP, FOLDED, GatewayPages, Totals, exposition_totals
 from tests.integration.servers import (
     REPO_ROOT,
     RULES,
@@ -97,12 +96,7 @@ def test_readme_gateway_configurations_name_what_the_rules_read():
 
 
 def exporter_totals(url: str) -> Totals:
-    totals: Totals = {}
-    for family in text_string_to_metric_families(httpx.get(url, timeout=2.0).text):
-        for sample in family.samples:
-            if sample.name == "token_economy_tokens_total":
-                totals.setdefault(sample.labels["model_name"], {})[sample.labels["token_class"]] = sample.value
-    return {m: t for m, t in totals.items() if {"input", "cached_input", "output"} <= set(t)}
+    return exposition_totals(httpx.get(url, timeout=2.0).text)
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,8 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.exporter_process import ExporterProcess
 from tests.e2e.vllm_server import HOST, free_port
-from tests.gateway_pages import GatewayPages, Totals
+from tests.gateway_pages import GatewayPages, exposition_totals
 from tests.integration.servers import (
     DASHBOARDS,
     RULES,
@@ -79,21 +78,12 @@ def _serves(port: int) -> bool:
         return False
 
 
-def exporter_totals(exporter: ExporterProcess) -> Totals:
-    """The exporter's tokens per model and class, for the gateway pages to split over teams."""
-    totals: Totals = {}
-    for (name, labels), value in exporter.metrics().items():
-        if name == "token_economy_tokens_total":
-            label = dict(labels)
-            totals.setdefault(label["model_name"], {})[label["token_class"]] = value
-    return totals
-
-
 @pytest.fixture(scope="module")
 def gateways(exporter_under_load):
     """Both gateways' pages, counting per team the tokens the exporter beside vLLM counts: the
     chargeback dashboard and rules then have real series too."""
-    with GatewayPages(lambda: exporter_totals(exporter_under_load)) as pages:
+    page = f"{exporter_under_load.url}/metrics"
+    with GatewayPages(lambda: exposition_totals(httpx.get(page, timeout=2.0).text)) as pages:
         yield pages
 
 
