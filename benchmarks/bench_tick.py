@@ -24,6 +24,7 @@ from exporter.attribution.readings import EnergySnapshot, GpuReading
 from exporter.catalogue import BUILD_LABELS
 from exporter.collector import LedgerCollector
 from exporter.config import Settings
+from exporter.landing import History, Setting, page
 from exporter.ledger import Ledger, SourceRead, TickRecord
 from exporter.sources.vllm_page import parse
 
@@ -37,6 +38,15 @@ def timed(fn, rounds: int) -> list[float]:
         fn()
         samples.append(time.perf_counter() - start)
     return samples
+
+
+def _views(reads: dict[str, SourceRead], tick: Callable[[], TickResult], count: int) -> list:
+    """The views of `count` ticks 5 s apart, published to a ledger of their own."""
+    ledger, views = Ledger(), []
+    for i in range(count):
+        ledger.publish(TickRecord(reads, tick(), (), 0.001, 1.7e9 + 5.0 * i, True))
+        views.append(ledger.view())
+    return views
 
 
 def main() -> None:
@@ -68,6 +78,11 @@ def main() -> None:
     ledger = Ledger()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(ledger, dict.fromkeys(BUILD_LABELS, "bench"), attributor.prices))
+    # The same scrape with two reference API price lists (--api-prices): their series are added.
+    priced = CollectorRegistry(auto_describe=False)
+    lists = Settings(api_prices="api-small=0.15/0.075/0.6,api-large=2.5/1.25/10").api_price_lists
+    priced.register(LedgerCollector(ledger, dict.fromkeys(BUILD_LABELS, "bench"), attributor.prices, api_prices=lists))
+    history = History()
     reads = {"vllm": SourceRead(True, 0.01), "energy": SourceRead(True, 0.001)}
 
     def publisher(rounds: int) -> Callable[[], None]:
@@ -84,6 +99,13 @@ def main() -> None:
     baseline = timed(full_parse, max(args.rounds // 10, 20))
     published = timed(publisher(args.rounds), args.rounds)
     render = timed(lambda: generate_latest(registry), max(args.rounds // 4, 50))
+    render_priced = timed(lambda: generate_latest(priced), max(args.rounds // 4, 50))
+    # What each tick adds for the landing page (the history takes the tick's view, one per 5 s tick
+    # as at the default interval), and one page view with the history full.
+    views = iter(_views(reads, tick, args.rounds))
+    recorded = timed(lambda: history.record(next(views)), args.rounds)
+    setting = Setting("bench", "http://127.0.0.1:8000", "auto", "USD")
+    landing = timed(lambda: page(ledger.view(), setting, history.samples(), history.window_seconds), 50)
     ours_ms = statistics.median(ours) * 1e3
     base_ms = statistics.median(baseline) * 1e3
     print(f"page: {len(PAGE.encode())} bytes, {PAGE.count(chr(10))} lines")
@@ -93,6 +115,9 @@ def main() -> None:
     )
     print(f"publishing the tick to the ledger: median {statistics.median(published) * 1e6:.0f} µs")
     print(f"rendering the catalogue for one scrape: median {statistics.median(render) * 1e3:.3f} ms")
+    print(f"  ... with two API price lists: median {statistics.median(render_priced) * 1e3:.3f} ms")
+    print(f"the landing page's history taking the tick: median {statistics.median(recorded) * 1e6:.0f} µs")
+    print(f"rendering the landing page (full history): median {statistics.median(landing) * 1e3:.3f} ms")
     print(f"prometheus_client full parse: median {base_ms:.3f} ms ({len(baseline)} rounds)")
     print(f"speed-up: {base_ms / ours_ms:.1f}x")
     print(
