@@ -60,7 +60,7 @@ LITELLM_KEYS: list[dict[str, Any]] = [
         "api_key_alias": "search-batch",
         "w": 0.15,
     },
-    {"team": "t-ads", "team_alias": "", "hashed_api_key": "2c26b46b", "api_key_alias": "", "w": 0.3},
+    {"team": "t-ads", "team_alias": "None", "hashed_api_key": "2c26b46b", "api_key_alias": "", "w": 0.3},
     {"team": "None", "team_alias": "None", "hashed_api_key": "fcde2b2e", "api_key_alias": "", "w": 0.1},
 ] + [
     {
