@@ -189,10 +189,10 @@ def gateway_row() -> dash.Row:
         )
         .with_panel(
             single(
-                "Teams seen (cap 50 per gateway and model)",
-                "Distinct teams with tokens in the last 5 minutes, before the cap: above 50, the "
-                'smallest are summed in team="other" (the literal 50 in '
-                "token_economy:gateway_top_teams:rate5m).",
+                "Teams seen, before the cap",
+                "Distinct teams with tokens in the last 5 minutes, before the cap: above the cap (50 teams per "
+                'gateway and model by default), the smallest are summed in team="other" (the topk of '
+                "token_economy:gateway_top_teams:rate5m; the chart's prometheusRule.chargebackTeams).",
                 "none",
                 query("A", teams_seen, "{{model_name}} via {{gateway}}"),
                 width=12,

@@ -103,11 +103,12 @@ def energy_per_token(classes: str = "input|cached_input|output", by: str = "mode
 
 def api_cost_per_hour() -> str:
     """What the same tokens would cost at each reference API's prices, per hour (the price gauge is
-    per model and class, so each price meets the model's token rate one to one)."""
+    per model and class, so each price meets the model's token rate one to one; the last price in
+    the window, so that a pod a rollout replaced does not leave its tokens unpriced)."""
     sel = f'token_class=~"input|cached_input|output", {BY_MODEL}'
     return (
         f"3600 / 1e6 * sum by (model_name, reference, currency) (\n"
-        f"    {API_PRICE}{{{sel}}}\n"
+        f"    last_over_time({API_PRICE}{{{sel}}}[{RI}])\n"
         f"  * ignoring (reference, currency) group_left ()\n"
         f"    rate({TOKENS}{{{sel}}}[{RI}])\n"
         f")"
@@ -356,7 +357,7 @@ def break_even_row() -> dash.Row:
     api, own = api_cost_per_hour(), self_hosted_cost_per_hour()
     ratio = f"(\n{own}\n)\n  / ignoring (reference) group_right ()\n(\n{api}\n  > 0)"
     saving = f"(\n{api}\n)\n  - ignoring (reference) group_left ()\n(\n{own}\n)"
-    prices = f"max by (reference, token_class, currency) ({API_PRICE}{{{BY_MODEL}}})"
+    prices = f"max by (model_name, reference, token_class, currency) ({API_PRICE}{{{BY_MODEL}}})"
     return (
         dash.Row("Break-even against API prices")
         .with_panel(
@@ -396,7 +397,7 @@ def break_even_row() -> dash.Row:
                 "reference API's price for the class. A class below its price line is cheaper here.",
                 COST_PER_MTOK,
                 query("A", cost_per_million_fully_loaded(), "{{model_name}} {{token_class}} ({{currency}})"),
-                query("B", prices, "{{reference}} {{token_class}} ({{currency}})"),
+                query("B", prices, "{{model_name}} {{token_class}} at {{reference}} ({{currency}})"),
                 log_scale=True,
             ).override_by_query("B", DASHED)
         )
