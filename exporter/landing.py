@@ -440,7 +440,7 @@ def page(view: View, setting: Setting, samples: Sequence[Sample] = (), window: f
 <title>Token Economy Exporter</title><style>{STYLE}</style></head><body>
 <h1>Token Economy Exporter {escape(setting.version)}</h1>
 <p>What each input and output token of the vLLM server at <code>{escape(setting.vllm_url)}</code> costs,
-in joules, money and CO2 (energy source setting: {escape(setting.energy_source)}).</p>
+in joules and money (energy source setting: {escape(setting.energy_source)}).</p>
 {_tick(view)}
 {_fidelity(view, setting)}
 {_models(view, setting.currency)}
