@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from exporter.app import App, StartupError, build
-from exporter.attribution.api_prices import ApiPrice, break_even
+from exporter.attribution.api_prices import ApiPrice, break_even, fixed_and_variable
 from exporter.attribution.gpu_table import GPU_TABLE
 from exporter.attribution.pricing import RENTAL, CostKey
 from exporter.attribution.readings import EnergySnapshot
@@ -286,23 +286,32 @@ def summary(
     if check is not None:
         lines.append(check.line(view.ticks, energy))
     lines.append(f"marginal J: {_marginal(view.coefficients, sim)}")
-    lines.extend(break_even_lines(view.cost, tokens, currency, api_prices))
+    static = view.idle_watts * view.attributed_seconds  # the idle-level energy, paid whatever the load
+    lines.extend(break_even_lines(view.cost, tokens, total, static, currency, api_prices))
     return "\n".join(lines)
 
 
 def break_even_lines(
-    cost: Mapping[CostKey, float], tokens: Mapping[TokenClass, float], currency: str, api_prices: tuple[ApiPrice, ...]
+    cost: Mapping[CostKey, float],
+    tokens: Mapping[TokenClass, float],
+    energy_joules: float,
+    static_joules: float,
+    currency: str,
+    api_prices: tuple[ApiPrice, ...],
 ) -> list[str]:
     """This traffic at each reference API's prices against what it cost here, and the traffic (same
-    mix) at which the two meet: rental and idle power are paid whatever the load, the tokens'
-    electricity grows with it."""
-    fixed = sum(v for (_m, cls, part), v in cost.items() if part == RENTAL or cls == IDLE)
-    variable = sum(v for (_m, cls, part), v in cost.items() if part != RENTAL and cls != IDLE)
+    mix) at which the two meet: rental and the idle-level power are paid whatever the load, the
+    electricity of the energy above idle grows with it (`fixed_and_variable`)."""
+    rental = sum(v for (_m, _cls, part), v in cost.items() if part == RENTAL)
+    electricity = sum(v for (_m, _cls, part), v in cost.items() if part != RENTAL)
+    fixed, variable = fixed_and_variable(rental, electricity, energy_joules, static_joules)
+    if not any(tokens.get(cls, 0.0) for cls in TOKEN_CLASSES):
+        return [f"break-even vs {price.reference}: no tokens yet" for price in api_prices]
     lines = []
     for price in api_prices:
         found = break_even(tokens, fixed, variable, price)
         if found.api_cost <= 0:
-            lines.append(f"break-even vs {price.reference}: no priced tokens yet")
+            lines.append(f"break-even vs {price.reference}: the list prices these tokens at 0")
             continue
         where = (
             f"breaks even at {found.traffic_multiple:.2g}x this traffic"

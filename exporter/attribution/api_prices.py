@@ -74,6 +74,17 @@ class BreakEven:
         return self.api_cost - self.self_cost
 
 
+def fixed_and_variable(
+    rental: float, electricity: float, energy_joules: float, static_joules: float
+) -> tuple[float, float]:
+    """The cost that does not grow with traffic, and the cost that does. Rental is paid by the hour
+    whatever the load. Of the electricity, the share of the energy the GPUs draw at idle power
+    (`static_joules`: idle power x the time, busy or not) is paid whatever the load too; only the
+    rest, the dynamic energy the work draws above idle, grows with the tokens."""
+    static_share = min(1.0, static_joules / energy_joules) if energy_joules > 0 else 1.0
+    return rental + electricity * static_share, electricity * (1.0 - static_share)
+
+
 def break_even(
     tokens: Mapping[TokenClass, float], fixed_cost: float, variable_cost: float, price: ApiPrice
 ) -> BreakEven:

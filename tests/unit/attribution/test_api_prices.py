@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from exporter.attribution.api_prices import MAX_REFERENCES, ApiPrice, break_even, parse_api_prices
+from exporter.attribution.api_prices import MAX_REFERENCES, ApiPrice, break_even, fixed_and_variable, parse_api_prices
 from exporter.attribution.token_class import CACHED_INPUT, IDLE, INPUT, OUTPUT
 
 
@@ -67,3 +67,10 @@ def test_an_api_cheaper_than_the_tokens_own_energy_never_breaks_even():
     price = ApiPrice("p", "USD", {INPUT: 0.0, CACHED_INPUT: 0.0, OUTPUT: 1.0})
     found = break_even({OUTPUT: 1e6}, fixed_cost=1.0, variable_cost=2.0, price=price)
     assert found.traffic_multiple is None and found.saving == -2.0
+
+
+def test_idle_level_power_is_fixed_and_only_the_energy_above_it_grows_with_traffic():
+    # 10 rental, 2 electricity for 400 J of which 100 J is idle power over the time: fixed 10.5.
+    assert fixed_and_variable(10.0, 2.0, 400.0, 100.0) == (10.5, 1.5)
+    assert fixed_and_variable(10.0, 2.0, 400.0, 900.0) == (12.0, 0.0)  # never more than all of it
+    assert fixed_and_variable(10.0, 2.0, 0.0, 0.0) == (12.0, 0.0)  # no energy seen yet: all fixed
