@@ -48,6 +48,9 @@ class DatasheetSpec:
     # dcgm-exporter, so such a GPU serves only the phase model and the roofline prior
     # (`--gpu-type MI300X --energy-source phase-model`).
     nvml: bool = True
+    # The complete entry of the same family (a PCIe card's SXM sibling): the closest figures to
+    # assume, loudly, while the operator has not declared idle and decode power.
+    family: str | None = None
 
     def complete(self, idle_watts: float | None, decode_watts: float | None) -> GpuSpec:
         """The GpuSpec with the operator's idle and decode power (per GPU); prefill power is the
@@ -157,16 +160,16 @@ DATASHEETS: dict[str, DatasheetSpec] = {
         # decode power are not published either.
         # NVIDIA H100 Tensor Core GPU datasheet (nvidia.com/en-us/data-center/h100/), H100 PCIe:
         # BF16 1,513 TFLOPS sparse -> 756.5; 2 TB/s; max TDP 300-350 W (configurable).
-        DatasheetSpec("H100 PCIE", 350.0, 756.5e12, 2.0e12),
+        DatasheetSpec("H100 PCIE", 350.0, 756.5e12, 2.0e12, family="H100"),
         # Same datasheet, H100 NVL (94 GB): BF16 1,671 TFLOPS sparse -> 835.5; 3.9 TB/s; max
         # TDP 350-400 W (configurable).
-        DatasheetSpec("H100 NVL", 400.0, 835.5e12, 3.9e12),
+        DatasheetSpec("H100 NVL", 400.0, 835.5e12, 3.9e12, family="H100"),
         # NVIDIA A100 Tensor Core GPU datasheet (nvidia.com/en-us/data-center/a100/): BF16 312
         # TFLOPS dense (624 sparse) on every part; A100 80GB PCIe 1,935 GB/s, 300 W; A100 40GB
         # PCIe 1,555 GB/s, 250 W; A100 40GB SXM 1,555 GB/s, 400 W.
-        DatasheetSpec("A100 80GB PCIE", 300.0, 312e12, 1.935e12),
-        DatasheetSpec("A100-PCIE-40GB", 250.0, 312e12, 1.555e12),
-        DatasheetSpec("A100-SXM4-40GB", 400.0, 312e12, 1.555e12),
+        DatasheetSpec("A100 80GB PCIE", 300.0, 312e12, 1.935e12, family="A100"),
+        DatasheetSpec("A100-PCIE-40GB", 250.0, 312e12, 1.555e12, family="A100"),
+        DatasheetSpec("A100-SXM4-40GB", 400.0, 312e12, 1.555e12, family="A100"),
         # AMD Instinct MI300X data sheet (amd.com/en/products/accelerators/instinct/mi300/
         # mi300x.html): peak BF16 1,307.4 TFLOPS dense (2,614.9 with sparsity); 5.3 TB/s HBM3;
         # 750 W peak board power (also MLCommons Inference v4.1, AMD 8xMI300X system

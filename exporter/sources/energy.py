@@ -287,7 +287,8 @@ def _spec(options: EnergyOptions, nvml_name: str | None) -> tuple[GpuSpec, str |
             try:
                 return sheet.complete(options.idle_watts, options.decode_watts), None
             except UnknownFigures as err:
-                return GPU_TABLE[DEFAULT_GPU], f"{err} (assuming {DEFAULT_GPU} figures meanwhile)"
+                assumed = sheet.family or DEFAULT_GPU  # a PCIe card's SXM sibling is the closest guess
+                return GPU_TABLE[assumed], f"{err} (assuming {assumed} figures meanwhile)"
     if nvml_name is not None:
         return GPU_TABLE[DEFAULT_GPU], (
             f"GPU {nvml_name!r} is not in the GPU table; assuming {DEFAULT_GPU} figures (set gpu_type)"

@@ -177,3 +177,14 @@ def test_without_them_it_falls_back_loudly_naming_the_settings(clock):
     setup.source.close()
     assert setup.gpu_spec == GPU_TABLE["H100"]
     assert "--idle-watts and --decode-watts" in setup.fallback_reason and "B200" in setup.fallback_reason
+
+
+@pytest.mark.parametrize(
+    ("nvml_name", "family"),
+    [("NVIDIA A100 80GB PCIe", "A100"), ("NVIDIA A100-PCIE-40GB", "A100"), ("NVIDIA H100 PCIe", "H100")],
+)
+def test_a_pcie_card_without_them_falls_back_to_its_sxm_sibling_loudly(clock, nvml_name, family):
+    setup = open_energy_source(EnergyOptions(), fake(clock, name=nvml_name), clock)
+    setup.source.close()
+    assert setup.gpu_spec == GPU_TABLE[family]
+    assert f"assuming {family} figures" in setup.fallback_reason and "--idle-watts" in setup.fallback_reason
