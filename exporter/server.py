@@ -210,6 +210,13 @@ class Routes:
         return 200, _TEXT, b"ready\n", False
 
 
+def _merged(configured: tuple[tuple[str, str], ...], own: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """The web config's headers, less those the path sets itself (the landing page's policy is
+    stricter than any a config would give it): each header once."""
+    names = {name.lower() for name, _ in own}
+    return tuple(h for h in configured if h[0].lower() not in names) + own
+
+
 _TEXT = "text/plain; charset=utf-8"
 _REASONS = {
     200: "OK",
@@ -571,7 +578,7 @@ class HttpServer:
             self._count("internal_errors")
             status, content_type, body, gzipped = 500, _TEXT, b"internal error\n", False
         body_sent = b"" if request.method == "HEAD" else body
-        headers = web.headers + self._routes.headers(request.target)
+        headers = _merged(web.headers, self._routes.headers(request.target))
         return _response(status, content_type, body_sent, gzipped, close, length=len(body), headers=headers)
 
     async def _send(self, conn: _Connection, data: bytes) -> None:

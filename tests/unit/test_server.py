@@ -225,6 +225,15 @@ def test_the_web_configs_headers_follow_the_servers_own():
     )
 
 
+def test_a_paths_own_header_replaces_the_web_configs_of_the_same_name():
+    from exporter.server import _merged
+
+    configured = (("Content-Security-Policy", "default-src *"), ("Strict-Transport-Security", "max-age=1"))
+    own = (("content-security-policy", "default-src 'none'"),)
+    assert _merged(configured, own) == (("Strict-Transport-Security", "max-age=1"), *own)
+    assert _merged(configured, ()) == configured
+
+
 def test_tls_and_auth_trouble_is_counted():
     assert {"tls_errors", "unauthorized"} <= set(COUNTS)
 
