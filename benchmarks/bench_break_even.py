@@ -3,7 +3,7 @@ the well-mixed traffic at several request rates, costed by the exporter's own co
 time, electricity by measured energy, idle included), against the same tokens at each reference's
 prices per million.
 
-    python -m benchmarks.bench_break_even [--rates 0.1,0.25,...] [--duration 900]
+    python -m benchmarks.bench_break_even [--rates 0.05,0.1,...,16] [--duration 1800]
         [--gpu-hourly-price 1.20] [--electricity-price-per-kwh 0.15] [--pue 1.3]
         [--api-prices "api-8b=0.10/0.05/0.10,api-mini=0.15/0.075/0.60"]
 
@@ -31,7 +31,7 @@ from exporter.config import Settings
 from exporter.sim import LLAMA_3_8B, Simulation
 from exporter.sim.workload import well_mixed
 
-RATES = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # requests per second; well_mixed's default is 3
+RATES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # requests per second; well_mixed's default is 3
 API_PRICES = "api-8b=0.10/0.05/0.10,api-mini=0.15/0.075/0.60"
 
 
@@ -111,24 +111,8 @@ def table(loads: list[Load], prices: tuple[ApiPrice, ...], currency: str) -> lis
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", default=",".join(f"{r:g}" for r in RATES), help="requests per second")
-    parser.add_argument("--duration", type=float, default=900.0, help="virtual seconds per rate")
-    parser.add_argument("--gpu-hourly-price", type=float, default=1.20)
-    parser.add_argument("--electricity-price-per-kwh", type=float, default=0.15)
-    parser.add_argument("--pue", type=float, default=1.3)
-    parser.add_argument("--currency", default="USD")
-    parser.add_argument("--api-prices", default=API_PRICES)
-    args = parser.parse_args()
-    settings = Settings(
-        gpu_hourly_price=args.gpu_hourly_price,
-        electricity_price_per_kwh=args.electricity_price_per_kwh,
-        electricity_with_rental=True,
-        pue=args.pue,
-        currency=args.currency,
-        api_prices=args.api_prices,
-    )
+def main(argv: list[str] | None = None) -> None:
+    args, settings = arguments(argv)
     prices = settings.api_price_lists
     loads = [measure(float(r), settings, args.duration) for r in args.rates.split(",")]
     print(
@@ -145,6 +129,28 @@ def main() -> None:
             else "not within these rates (cheaper at every rate run, or never)"
         )
         print(f"break-even against {price.reference}: {where}")
+
+
+def arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, Settings]:
+    """The command line, and the exporter's settings it describes (README's figures: the defaults)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default=",".join(f"{r:g}" for r in RATES), help="requests per second")
+    parser.add_argument("--duration", type=float, default=1800.0, help="virtual seconds per rate")
+    parser.add_argument("--gpu-hourly-price", type=float, default=1.20)
+    parser.add_argument("--electricity-price-per-kwh", type=float, default=0.15)
+    parser.add_argument("--pue", type=float, default=1.3)
+    parser.add_argument("--currency", default="USD")
+    parser.add_argument("--api-prices", default=API_PRICES)
+    args = parser.parse_args(argv)
+    settings = Settings(
+        gpu_hourly_price=args.gpu_hourly_price,
+        electricity_price_per_kwh=args.electricity_price_per_kwh,
+        electricity_with_rental=True,
+        pue=args.pue,
+        currency=args.currency,
+        api_prices=args.api_prices,
+    )
+    return args, settings
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The break-even benchmark: its loads cost what the core counted, and the crossing is found
 between the two rates around it."""
 
-from benchmarks.bench_break_even import Load, crossing, measure, table
+from benchmarks.bench_break_even import Load, arguments, crossing, measure, table
 from exporter.attribution.api_prices import parse_api_prices
 from exporter.attribution.token_class import CACHED_INPUT, IDLE, INPUT, OUTPUT
 from exporter.config import Settings
@@ -33,3 +33,23 @@ def test_a_short_run_costs_what_the_core_counted_and_tabulates():
     assert abs(sum(load.class_cost.values()) - load.cost) < 1e-12
     head, rule, row = table([load], settings.api_price_lists, "USD")
     assert "USD/h at p" in head and row.startswith("| 1 | ") and row.count("|") == rule.count("|")
+
+
+def test_readmes_break_even_row_at_one_request_per_second_is_the_benchmarks():
+    """README's table comes from `python -m benchmarks.bench_break_even` at its defaults: one row
+    of it, rerun (the simulation is seeded and in virtual time, so the figures are the same)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme.split("## Break-even against API prices", 1)[1].split("\n## ", 1)[0]
+    (row,) = [line for line in section.splitlines() if line.startswith("| 1 | ")]
+    args, settings = arguments([])
+    load = measure(1.0, settings, args.duration)
+    small, mini = settings.api_price_lists
+    rates = " / ".join(f"{load.tokens[c] / load.seconds:.0f}" for c in (INPUT, CACHED_INPUT, OUTPUT))
+    expected = (
+        f"| 1 | {load.busy_fraction * 100:.0f} % | {rates} | {load.per_hour(load.cost):.3f} | "
+        f"{load.fully_loaded_per_million(INPUT):.3f} / {load.fully_loaded_per_million(OUTPUT):.3g} | "
+        f"{load.ratio(small):.2f} | {load.ratio(mini):.2f} |"
+    )
+    assert row == expected
