@@ -23,7 +23,7 @@ with warnings.catch_warnings():
 from grafana_foundation_sdk.models import dashboard as dash_model
 from grafana_foundation_sdk.models import prometheus as prometheus_model
 
-from grafana.overview import DATASOURCE, TOKENS_PER_S, multi_value, open_rows, query, series, single
+from grafana.overview import DATASOURCE, TOKENS_PER_S, dashboard, multi_value, open_rows, query, series, single
 
 UID = "token-economy-chargeback"
 TITLE = "Token Economy / Chargeback by team"
@@ -204,18 +204,13 @@ def gateway_row() -> dash.Row:
 
 def build() -> dash_model.Dashboard:
     board = (
-        dash.Dashboard(TITLE)
-        .uid(UID)
-        .description(
+        dashboard(
+            TITLE,
+            UID,
             "What each team's tokens cost, joining the gateway's per-team token counters with the "
-            "exporter's cost per model and token class, idle included or not."
+            "exporter's cost per model and token class, idle included or not.",
+            ["cost", "chargeback"],
         )
-        .tags(["token-economy", "vllm", "cost", "chargeback"])
-        .editable()
-        .tooltip(dash_model.DashboardCursorSync.CROSSHAIR)
-        .refresh("30s")
-        .time("now-3h", "now")
-        .timezone("browser")
         .variables(variables())
         .with_row(cost_row())
         .with_row(gateway_row())

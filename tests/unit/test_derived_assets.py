@@ -5,28 +5,19 @@ repairs, every kind of drift. In process: the script's functions are imported, n
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "assets.py"
 
 
-def load_script():
-    if "token_economy_assets" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("token_economy_assets", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["token_economy_assets"] = module
-    return sys.modules["token_economy_assets"]
-
-
-assets = load_script()
+assets = load_script("assets")
 CHART_RULES = f"{assets.CHART_FILES}/token-economy.rules.yml"
 OVERVIEW = f"{assets.DASHBOARDS_DIR}/token-economy-overview.json"
 DASHBOARDS_KUSTOMIZATION = f"{assets.DASHBOARDS_DIR}/kustomization.yaml"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from exporter.catalogue import CATALOGUE
-from tests.unit.test_derived_assets import load_script
+from tests.scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OVERVIEW = REPO_ROOT / "grafana" / "dashboards" / "token-economy-overview.json"
@@ -35,7 +35,7 @@ def panels(board: dict) -> list[dict]:
 
 
 def test_every_dashboard_file_comes_from_the_code():
-    assert sorted(name for name, _ in dashboards()) == sorted(load_script().DASHBOARDS)
+    assert sorted(name for name, _ in dashboards()) == sorted(load_script("assets").DASHBOARDS)
 
 
 @pytest.mark.parametrize(("name", "board"), dashboards())

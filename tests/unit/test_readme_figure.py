@@ -6,11 +6,9 @@ scripts/figure.py's functions are imported, nothing is started."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 from benchmarks import figure_data
 from benchmarks.bench_accuracy import case_record, run_case
 from benchmarks.evaluation import fmt_minutes
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "figure.py"
@@ -26,16 +25,7 @@ REFRESH = "run python scripts/figure.py --refresh"
 NS = "{http://www.w3.org/2000/svg}"
 
 
-def load_script():
-    if "token_economy_figure" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("token_economy_figure", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["token_economy_figure"] = module
-    return sys.modules["token_economy_figure"]
-
-
-figure = load_script()
+figure = load_script("figure")
 
 
 @pytest.fixture(scope="module")
